@@ -1,0 +1,266 @@
+"""MNIST as in-memory tensors: read once, resize to 32x32 once, then batch and augment on the training device.
+
+Peers push every image through PIL and a DataLoader each epoch; that caps a GPU at a few thousand images/s.
+Here a split is one float tensor, each epoch's order and augmentation are derived from (seed, epoch),
+so a run can be resumed mid-epoch exactly and every DDP rank can take its share of the same order.
+"""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+
+from utils import UserError
+
+MEAN, STD = 0.1307, 0.3081  # of the 60,000 MNIST training images, pixels scaled to [0, 1]
+INPUT_SIZE = 32
+NUM_CLASSES = 10
+SPLIT_SEED = 0  # fixed, so runs with different --seed are validated on the same held-out images
+
+IDX_FILES = {  # split: (images file, labels file), as torchvision.datasets.MNIST expects them in <root>/MNIST/raw
+    True: ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    False: ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+IDX_MAGIC = {"images": 2051, "labels": 2049}  # 0x0803: unsigned bytes, 3 dims; 0x0801: unsigned bytes, 1 dim
+
+
+def resolve_data_dir(data_dir: str | None) -> Path:
+    """--data-dir, else $MNIST_DATA_DIR, else ./data (the folder that holds MNIST/raw)."""
+    return Path(data_dir or os.environ.get("MNIST_DATA_DIR") or "data")
+
+
+def _check_idx_file(path: Path, kind: str) -> None:
+    """Name the broken file, instead of the opaque error torchvision gives for a truncated or foreign file."""
+    ndim = 3 if kind == "images" else 1
+    with open(path, "rb") as f:
+        header = f.read(4 + 4 * ndim)
+    if len(header) < 4 + 4 * ndim:
+        raise UserError(f"{path} is truncated: only {path.stat().st_size} bytes")
+    magic = int.from_bytes(header[:4], "big")
+    if magic != IDX_MAGIC[kind]:
+        raise UserError(f"{path} is not an MNIST {kind} IDX file (magic number {magic}, expected {IDX_MAGIC[kind]})")
+    dims = [int.from_bytes(header[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    expected = len(header) + math.prod(dims)
+    if path.stat().st_size != expected:
+        raise UserError(f"{path} is truncated or padded: {path.stat().st_size} bytes, expected {expected} for shape {dims}")
+
+
+def _ensure_raw_files(root: Path, train: bool) -> None:
+    """Check the IDX files of a split; download all of MNIST only when none of its files is there."""
+    import torchvision
+
+    raw = root / "MNIST" / "raw"
+    paths = [raw / name for name in IDX_FILES[train]]
+    present = [p for p in paths if p.exists()]
+    if not present and not any((raw / name).exists() for names in IDX_FILES.values() for name in names):
+        try:
+            torchvision.datasets.MNIST(root, train=train, download=True)
+        except Exception as error:  # offline: URLError, timeouts, HTTP errors, a failed checksum
+            raise UserError(
+                f"MNIST not found in {raw} and the download failed ({type(error).__name__}). "
+                f"Copy the four raw IDX files (train-images-idx3-ubyte, ...) into {raw}, "
+                "or point --data-dir or MNIST_DATA_DIR at the folder that contains MNIST/raw"
+            ) from None
+    for path, kind in zip(paths, ("images", "labels")):
+        if not path.exists():
+            raise UserError(f"{path} is missing: copy it beside the other MNIST files, or remove them all to download afresh")
+        _check_idx_file(path, kind)
+
+
+def load_split(data_dir: str | Path | None, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Raw MNIST as (uint8 images [N, 28, 28], int64 labels [N])."""
+    import torchvision
+
+    root = resolve_data_dir(data_dir)
+    _ensure_raw_files(root, train)
+    dataset = torchvision.datasets.MNIST(root, train=train, download=False)
+    if len(dataset.data) != len(dataset.targets):
+        raise UserError(f"{root / 'MNIST' / 'raw'}: {len(dataset.data)} images but {len(dataset.targets)} labels")
+    return dataset.data, dataset.targets.long()
+
+
+def to_model_size(images: torch.Tensor) -> torch.Tensor:
+    """uint8 or [0, 1] float digits [N, 28, 28] -> float [N, 1, 32, 32] in [0, 1]: the one resize used everywhere."""
+    x = images.float().div(255) if images.dtype == torch.uint8 else images.float()
+    if x.dim() == 3:
+        x = x.unsqueeze(1)
+    return F.interpolate(x, size=(INPUT_SIZE, INPUT_SIZE), mode="bilinear", align_corners=False).clamp_(0, 1)
+
+
+def normalize(x: torch.Tensor) -> torch.Tensor:
+    return (x - MEAN) / STD
+
+
+def split_indices(n: int, val_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A seeded, disjoint (train, validation) split of range(n); the validation part never trains."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(SPLIT_SEED))
+    return order[val_size:].sort().values, order[:val_size].sort().values
+
+
+def load_train_val(
+    data_dir: str | Path | None, val_size: int, subset: int | None, device: torch.device
+) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """((train images, labels), (val images, labels)) as 32x32 [0, 1] tensors on `device`."""
+    images, labels = load_split(data_dir, train=True)
+    if not 0 <= val_size < len(images):
+        raise UserError(f"--val-size must be between 0 and {len(images) - 1}, got {val_size}")
+    train_idx, val_idx = split_indices(len(images), val_size)
+    if subset is not None:
+        if not 0 < subset <= len(train_idx):
+            raise UserError(f"--subset must be between 1 and {len(train_idx)} (the training images left after the split), got {subset}")
+        train_idx = train_idx[:subset]
+    resized = to_model_size(images).to(device)
+    labels = labels.to(device)
+    train_idx, val_idx = train_idx.to(device), val_idx.to(device)
+    return (resized[train_idx], labels[train_idx]), (resized[val_idx], labels[val_idx])
+
+
+def load_test(data_dir: str | Path | None, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The 10,000 test images (32x32, [0, 1]) and labels on `device`."""
+    images, labels = load_split(data_dir, train=False)
+    return to_model_size(images).to(device), labels.to(device)
+
+
+def random_affines(n: int, generator: torch.Generator, rotate: float = 12.0, scale: float = 0.1, translate: float = 0.1) -> torch.Tensor:
+    """Per-sample affine matrices [n, 2, 3] for grid_sample: rotation (degrees), zoom and shift (fraction of the side).
+
+    Handwriting varies in slant, size and position, never in mirror image, so there are no flips.
+    """
+    u = torch.rand(n, 4, generator=generator) * 2 - 1
+    angle = u[:, 0] * math.radians(rotate)
+    zoom = 1 + u[:, 1] * scale
+    cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
+    shift = u[:, 2:] * translate * 2  # grid coordinates span [-1, 1], i.e. 2 units per side
+    return torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
+
+
+def apply_affines(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    """Warp a batch [B, 1, H, W] in [0, 1]; zero padding is the MNIST background."""
+    grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def batch_bounds(n: int, batch_size: int, world_size: int = 1) -> list[tuple[int, int]]:
+    """[start, end) of each global batch; a final sliver smaller than world_size joins the batch before it,
+    so every rank always gets at least one sample and all ranks run the same number of steps."""
+    starts = list(range(0, n, batch_size))
+    if len(starts) > 1 and n - starts[-1] < world_size:
+        starts.pop()
+    return [(s, starts[i + 1] if i + 1 < len(starts) else n) for i, s in enumerate(starts)]
+
+
+def batches(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    batch_size: int,
+    *,
+    shuffle: bool = False,
+    augment: bool = False,
+    seed: int = 0,
+    epoch: int = 0,
+    start_step: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Normalised (images, labels) batches of one epoch; every sample exactly once across all ranks.
+
+    The order and the augmentation depend only on (seed, epoch), not on the device or on earlier epochs,
+    which is what makes mid-epoch resume exact: start_step skips the batches already trained on.
+    Under DDP each rank takes every world_size-th sample of each global batch.
+    """
+    n = len(images)
+    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+    theta = random_affines(n, generator).to(images.device) if augment else None
+    order = order.to(images.device)
+    for start, end in batch_bounds(n, batch_size, world_size)[start_step:]:
+        index = order[start:end][rank::world_size]
+        x = images[index]
+        if theta is not None:
+            x = apply_affines(x, theta[index])
+        yield normalize(x), labels[index]
+
+
+# --- Users' own images -------------------------------------------------------------------------------------
+# A photo or scan is dark ink on a light, uneven background, any size, anywhere in the frame; MNIST digits are
+# light on black, fitted into a 20x20 box and centred by mass in 28x28. digit_to_mnist closes that gap so the
+# result goes through the same to_model_size and normalize as the training images.
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif"}
+MAX_IMAGE_PIXELS = 40_000_000  # a 40-megapixel photo is plenty; beyond that assume a decompression bomb
+
+
+def read_image(path: str | Path) -> torch.Tensor:
+    """An image file as grayscale float [H, W] in [0, 1]; transparency is flattened onto white paper."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            if image.width * image.height > MAX_IMAGE_PIXELS:
+                raise UserError(f"{path}: {image.width}x{image.height} pixels is too large (limit {MAX_IMAGE_PIXELS:,}); resize it first")
+            image.seek(0)  # first frame of a GIF
+            paper = Image.new("RGBA", image.size, "white")
+            gray = Image.alpha_composite(paper, image.convert("RGBA")).convert("L")
+    except UnidentifiedImageError:
+        raise UserError(f"{path}: not an image file PIL can read") from None
+    except OSError as error:
+        raise UserError(f"{path}: cannot read image ({error})") from None
+    return torch.frombuffer(bytearray(gray.tobytes()), dtype=torch.uint8).view(gray.height, gray.width).float() / 255
+
+
+def _otsu_threshold(x: torch.Tensor) -> float:
+    """The grey level that best separates ink from background (Otsu, 1979), on a 256-bin histogram."""
+    histogram = torch.histc(x, bins=256, min=0, max=1).double()
+    levels = torch.linspace(0, 1, 256, dtype=torch.float64)
+    weight = histogram.cumsum(0)
+    mass = (histogram * levels).cumsum(0)
+    total, total_mass = weight[-1], mass[-1]
+    between = (total_mass * weight / total - mass) ** 2 / (weight * (total - weight)).clamp(min=1e-12)
+    return levels[between.argmax()].item()
+
+
+def digit_to_mnist(gray: torch.Tensor) -> torch.Tensor:
+    """A grayscale digit [H, W] in [0, 1] as MNIST would have it: [28, 28], light on black, 20x20 box, centred by mass."""
+    border = torch.cat([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
+    x = 1 - gray if border.median() > 0.5 else gray.clone()  # make it light ink on a dark background
+    # Blur in proportion to size so paper texture and sensor noise do not survive the threshold.
+    kernel = max(1, round(max(x.shape) / 100)) * 2 - 1
+    if kernel > 1:
+        x = F.avg_pool2d(F.pad(x[None, None], [kernel // 2] * 4, mode="replicate"), kernel, stride=1)[0, 0]
+    threshold = _otsu_threshold(x)
+    ink = x[x > threshold]
+    ink = ink[:: max(1, ink.numel() // 1_000_000)]  # a sample is enough for a percentile (quantile caps its input size)
+    brightest = ink.quantile(0.99).item() if ink.numel() else threshold
+    if brightest - threshold < 0.1:
+        raise UserError("no digit found: the image is blank or has too little contrast")
+    x = ((x - threshold) / (brightest - threshold)).clamp(0, 1)
+    rows, cols = x.sum(1).nonzero(), x.sum(0).nonzero()
+    x = x[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
+    scale = 20 / max(x.shape)
+    height, width = max(1, round(x.shape[0] * scale)), max(1, round(x.shape[1] * scale))
+    x = F.interpolate(x[None, None], size=(height, width), mode="bilinear", antialias=True, align_corners=False)[0, 0].clamp(0, 1)
+    canvas = torch.zeros(28, 28)
+    top, left = (28 - height) // 2, (28 - width) // 2
+    canvas[top : top + height, left : left + width] = x
+    ys, xs = torch.meshgrid(torch.arange(28.0), torch.arange(28.0), indexing="ij")
+    shift_y = round(13.5 - (canvas * ys).sum().item() / canvas.sum().item())
+    shift_x = round(13.5 - (canvas * xs).sum().item() / canvas.sum().item())
+    # Move the centre of mass to the middle, but never push ink off the canvas.
+    shift_y = max(-top, min(shift_y, 28 - top - height))
+    shift_x = max(-left, min(shift_x, 28 - left - width))
+    return torch.roll(canvas, (shift_y, shift_x), dims=(0, 1))
+
+
+def find_images(paths: list[str]) -> list[Path]:
+    """Files as given, plus the image files inside any directories given, in a stable order."""
+    found = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            found += sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        else:
+            found.append(path)
+    return found

@@ -1,0 +1,133 @@
+"""ResNet-18 for 32x32 grayscale digits, its checkpoints, and the one evaluation loop train/test share."""
+from __future__ import annotations
+
+import pickle
+import re
+import zipfile
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torchvision.models.resnet import BasicBlock, ResNet
+
+from data import INPUT_SIZE, MEAN, NUM_CLASSES, STD
+from utils import UserError, atomic_write, autocast
+
+ARCH = "resnet18-mnist"
+FORMAT_VERSION = 1
+
+
+def ResNet18(num_classes: int = NUM_CLASSES, in_channels: int = 1) -> ResNet:
+    """torchvision's ResNet-18 with a CIFAR-style stem: 3x3 stride-1 conv, no max-pool.
+
+    The ImageNet stem (7x7 stride 2, then max-pool) would shrink a 32x32 digit to 8x8 before the first block.
+    (zero_init_residual was tried: it slowed the first epochs several-fold on MNIST, so it stays off.)
+    """
+    model = ResNet(BasicBlock, [2, 2, 2, 2], num_classes=num_classes)
+    model.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
+    nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")
+    model.maxpool = nn.Identity()
+    return model
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain model inside DDP or torch.compile wrappers, so saved keys never carry 'module.' prefixes."""
+    model = getattr(model, "module", model)
+    return getattr(model, "_orig_mod", model)
+
+
+def save_checkpoint(path: str | Path, model: nn.Module, **state: Any) -> None:
+    """Write the weights plus everything needed to use or resume them, atomically.
+
+    `state` holds tensors, numbers, strings, lists and dicts only, so load_checkpoint can use weights_only=True.
+    """
+    payload = {
+        "format_version": FORMAT_VERSION,
+        "arch": ARCH,
+        "num_classes": NUM_CLASSES,
+        "input_size": INPUT_SIZE,
+        "normalization": {"mean": MEAN, "std": STD},
+        "model": unwrap(model).state_dict(),
+        **state,
+    }
+    with atomic_write(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    """Read a checkpoint safely (no pickled code runs) and check it is one this code can use."""
+    path = Path(path)
+    if not path.is_file():
+        hint = " (train first: python train.py)" if path.name in ("best.pt", "last.pt") else ""
+        raise UserError(f"no checkpoint at {path}{hint}")
+    unreadable = UserError(f"{path} is not a readable checkpoint (empty, truncated or another kind of file)")
+    if not zipfile.is_zipfile(path):  # torch.save has written zip archives since PyTorch 1.6
+        raise unreadable
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:
+        refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+        if refused:
+            raise UserError(f"refusing to load {path}: it would import {refused.group(1)}, which could run code "
+                            "(only tensors, numbers, strings, lists and dicts are loaded)") from None
+        raise unreadable from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError):
+        raise unreadable from None
+    _check_compatible(path, checkpoint)
+    return checkpoint
+
+
+def _check_compatible(path: Path, checkpoint: Any) -> None:
+    if not isinstance(checkpoint, dict) or "model" not in checkpoint or "format_version" not in checkpoint:
+        raise UserError(f"{path} is not a checkpoint written by this project's train.py")
+    expected = {"format_version": FORMAT_VERSION, "arch": ARCH, "num_classes": NUM_CLASSES, "input_size": INPUT_SIZE}
+    for key, want in expected.items():
+        if checkpoint.get(key) != want:
+            raise UserError(f"{path} has {key} {checkpoint.get(key)!r}, expected {want!r}")
+
+
+def load_model(path: str | Path, device: torch.device, channels_last: bool = True) -> tuple[nn.Module, dict]:
+    """Build the model, load a checkpoint's weights into it, and put it in eval mode on `device`."""
+    checkpoint = load_checkpoint(path)
+    model = ResNet18()
+    try:
+        model.load_state_dict(checkpoint["model"])
+    except RuntimeError as error:
+        first = str(error).splitlines()[0]
+        raise UserError(f"{path} does not hold ResNet-18 weights of this shape ({first})") from None
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    return model.to(device, memory_format=memory_format).eval(), checkpoint
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], amp: bool = True) -> dict:
+    """Loss, accuracy and logits of `model` over `batches` (in eval mode; restores the previous mode).
+
+    Returns sums as well as means so DDP ranks can add theirs up. The loss is plain cross-entropy
+    (no label smoothing), so it is comparable across recipes.
+    """
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    all_logits, all_labels = [], []
+    for x, y in batches:
+        with autocast(device, amp):
+            all_logits.append(model(x).float())
+        all_labels.append(y)
+    model.train(was_training)
+    logits = torch.cat(all_logits) if all_logits else torch.empty(0, NUM_CLASSES, device=device)
+    labels = torch.cat(all_labels) if all_labels else torch.empty(0, dtype=torch.long, device=device)
+    loss_sum = F.cross_entropy(logits, labels, reduction="sum")
+    correct = (logits.argmax(1) == labels).sum()
+    count = len(labels)
+    return {
+        "loss_sum": loss_sum,
+        "correct": correct,
+        "count": count,
+        "loss": loss_sum.item() / max(count, 1),
+        "accuracy": correct.item() / max(count, 1),
+        "logits": logits,
+        "labels": labels,
+    }

@@ -1,0 +1,156 @@
+"""Show what the model predicts: on random test digits, or on your own photos and scans of digits.
+
+    python predict.py                       # 16 test digits -> checkpoints/predictions.png
+    python predict.py --num 36 --seed 1 --show
+    python predict.py --images my_digits/ photo.jpg [--json]
+"""
+from __future__ import annotations
+
+import json
+import math
+import sys
+
+import torch
+
+import data
+from model import load_model
+from utils import ArgumentParser, UserError, autocast, check_writable_dir, pick_device, positive_int, run_cli, save_figure
+
+
+def parse_args(argv: list[str] | None = None):
+    parser = ArgumentParser(description="Plot sample MNIST test digits with the model's predicted labels.")
+    parser.add_argument("--weights", default="checkpoints/best.pt", help="checkpoint written by train.py")
+    parser.add_argument("--data-dir", help="folder containing MNIST/raw (default: $MNIST_DATA_DIR, else ./data)")
+    parser.add_argument("--images", nargs="+", metavar="PATH", help="classify these image files / folders instead of test digits")
+    parser.add_argument("--json", action="store_true", help="with --images: print JSON instead of one line per image")
+    parser.add_argument("--num", type=positive_int, default=16, help="how many test digits to show")
+    parser.add_argument("--seed", type=int, default=0, help="which random digits to pick")
+    parser.add_argument("--out", default="checkpoints/predictions.png", help="where to save the figure")
+    parser.add_argument("--show", action="store_true", help="also open the figure in a window")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    parser.add_argument("--no-amp", dest="amp", action="store_false", help="predict in fp32 instead of bf16 autocast")
+    return parser.parse_args(argv)
+
+
+@torch.no_grad()
+def classify(model: torch.nn.Module, images: torch.Tensor, amp: bool) -> torch.Tensor:
+    """Softmax probabilities [N, 10] for 32x32 [0, 1] images [N, 1, 32, 32]."""
+    device = next(model.parameters()).device
+    with autocast(device, amp):
+        logits = model(data.normalize(images.to(device)))
+    return logits.float().softmax(1).cpu()
+
+
+def plot_grid(path: str, images: torch.Tensor, probabilities: torch.Tensor, labels: torch.Tensor | None, show: bool) -> None:
+    """One panel per image, titled 'predicted (confidence)' and, when known, the true label; mistakes in red."""
+    import matplotlib
+
+    if not show:
+        matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(images)
+    cols = math.ceil(math.sqrt(n))
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.9 * rows), squeeze=False)
+    confidence, predicted = probabilities.max(1)
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i >= n:
+            continue
+        ax.imshow(images[i, 0].cpu().numpy(), cmap="gray", vmin=0, vmax=1)
+        title = f"{predicted[i]} ({100 * confidence[i]:.0f}%)"
+        wrong = labels is not None and predicted[i] != labels[i]
+        if labels is not None:
+            title += f"\ntrue {labels[i]}" + (" ✗" if wrong else "")
+        ax.set_title(title, fontsize=9, color="crimson" if wrong else "black")
+    fig.suptitle("predicted (confidence)", fontsize=10)
+    fig.tight_layout()
+    save_figure(fig, path, close=not show)
+    if show:
+        plt.show()
+
+
+def plot_user_images(path: str, originals: list[torch.Tensor], inputs: torch.Tensor, probabilities: torch.Tensor,
+                     names: list[str], show: bool) -> None:
+    """Each user image beside the 32x32 digit the model saw, titled with its prediction."""
+    import matplotlib
+
+    if not show:
+        matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = min(len(originals), 32)
+    fig, axes = plt.subplots(shown, 2, figsize=(4, 2 * shown), squeeze=False)
+    confidence, predicted = probabilities.max(1)
+    for i in range(shown):
+        axes[i, 0].imshow(originals[i].numpy(), cmap="gray", vmin=0, vmax=1)
+        axes[i, 0].set_title(names[i][-28:], fontsize=8)
+        axes[i, 1].imshow(inputs[i, 0].numpy(), cmap="gray", vmin=0, vmax=1)
+        axes[i, 1].set_title(f"model saw: {predicted[i]} ({100 * confidence[i]:.0f}%)", fontsize=9)
+        for ax in axes[i]:
+            ax.axis("off")
+    if shown < len(originals):
+        fig.suptitle(f"first {shown} of {len(originals)} images", fontsize=9)
+    fig.tight_layout()
+    save_figure(fig, path, close=not show)
+    if show:
+        plt.show()
+
+
+def predict_images(model: torch.nn.Module, args) -> None:
+    """Classify the user's image files; a file that fails is reported and skipped, and the exit code says so."""
+    files = data.find_images(args.images)
+    if not files:
+        raise UserError(f"no image files ({', '.join(sorted(data.IMAGE_SUFFIXES))}) found in {' '.join(args.images)}")
+    originals, digits, names, failed = [], [], [], 0
+    for path in files:
+        try:
+            gray = data.read_image(path)
+            digits.append(data.digit_to_mnist(gray))
+        except UserError as error:
+            message = str(error) if str(error).startswith(str(path)) else f"{path}: {error}"
+            print(f"error: {message}", file=sys.stderr)
+            failed += 1
+            continue
+        originals.append(gray)
+        names.append(str(path))
+    if digits:
+        inputs = data.to_model_size(torch.stack(digits))
+        probabilities = classify(model, inputs, args.amp)
+        top_p, top_k = probabilities.topk(3, dim=1)
+        results = [{"path": name, "prediction": int(k[0]), "confidence": float(p[0]),
+                    "top3": [{"digit": int(d), "probability": float(q)} for d, q in zip(k, p)]}
+                   for name, k, p in zip(names, top_k, top_p)]
+        if args.json:
+            print(json.dumps(results, indent=2))
+        else:
+            for r in results:
+                top3 = ", ".join(f"{t['digit']} {100 * t['probability']:.1f}%" for t in r["top3"])
+                print(f"{r['path']}: {r['prediction']} ({100 * r['confidence']:.1f}%)  top-3: {top3}")
+        plot_user_images(args.out, originals, inputs, probabilities, names, args.show)
+        print(f"figure saved to {args.out}", file=sys.stderr if args.json else sys.stdout)
+    if failed:
+        raise UserError(f"{failed} of {len(files)} files could not be classified", exit_code=1)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    check_writable_dir(args.out, "--out")
+    device = pick_device(args.device)
+    model, _ = load_model(args.weights, device)
+    if args.images:
+        predict_images(model, args)
+        return
+    images, labels = data.load_test(args.data_dir, torch.device("cpu"))
+    if args.num > len(images):
+        raise UserError(f"--num must be at most {len(images)}, got {args.num}")
+    pick = torch.randperm(len(images), generator=torch.Generator().manual_seed(args.seed))[: args.num]
+    probabilities = classify(model, images[pick], args.amp)
+    plot_grid(args.out, images[pick], probabilities, labels[pick], args.show)
+    wrong = int((probabilities.argmax(1) != labels[pick]).sum())
+    print(f"{args.num} test digits, {args.num - wrong} predicted correctly; figure saved to {args.out}")
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,201 @@
+"""Evaluate saved weights on the 10,000 MNIST test images: accuracy, per-class scores, confusion matrix.
+
+    python test.py                          # checkpoints/best.pt
+    python test.py --weights checkpoints/last.pt
+"""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+import data
+from model import evaluate, load_model
+from utils import ArgumentParser, bf16_supported, pick_device, positive_int, run_cli, save_figure, synchronize, write_json
+
+
+def parse_args(argv: list[str] | None = None):
+    parser = ArgumentParser(description="Report test-set accuracy of saved ResNet-18 weights.")
+    parser.add_argument("--weights", default="checkpoints/best.pt", help="checkpoint written by train.py")
+    parser.add_argument("--data-dir", help="folder containing MNIST/raw (default: $MNIST_DATA_DIR, else ./data)")
+    parser.add_argument("--out-dir", default="checkpoints", help="where test_report.json and confusion_matrix.png go")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    parser.add_argument("--batch-size", type=positive_int, default=1000)
+    parser.add_argument("--no-amp", dest="amp", action="store_false", help="evaluate in fp32 instead of bf16 autocast")
+    parser.add_argument("--robustness", action="store_true", help="also measure accuracy under corruptions (rotation, noise, ...)")
+    parser.add_argument("--robustness-images", type=positive_int, default=10000, help="test images used for --robustness")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random corruptions")
+    return parser.parse_args(argv)
+
+
+def _affine(n: int, generator: torch.Generator, angle_deg: float = 0, shear: float = 0, zoom: float = 1, shift_px: float = 0) -> torch.Tensor:
+    """Affine matrices [n, 2, 3] (output -> input grid) with a random sign/direction per image."""
+    sign = torch.randint(0, 2, (n,), generator=generator).float() * 2 - 1
+    direction = torch.rand(n, generator=generator) * 2 * math.pi
+    angle = sign * math.radians(angle_deg)
+    cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
+    shift = shift_px * 2 / data.INPUT_SIZE
+    return torch.stack([torch.stack([cos, -sin + sign * shear, shift * torch.cos(direction)], 1),
+                        torch.stack([sin, cos, shift * torch.sin(direction)], 1)], 1)
+
+
+def corrupt(x: torch.Tensor, name: str, level: float, generator: torch.Generator) -> torch.Tensor:
+    """One standard corruption of [0, 1] images [N, 1, 32, 32] at one severity."""
+    from torchvision.transforms.v2.functional import gaussian_blur
+
+    n = len(x)
+    if name == "rotation":
+        return data.apply_affines(x, _affine(n, generator, angle_deg=level).to(x.device))
+    if name == "shear":
+        return data.apply_affines(x, _affine(n, generator, shear=level).to(x.device))
+    if name == "scale":
+        return data.apply_affines(x, _affine(n, generator, zoom=level).to(x.device))
+    if name == "translation":
+        return data.apply_affines(x, _affine(n, generator, shift_px=level).to(x.device))
+    if name == "gaussian noise":
+        return (x + level * torch.randn(x.shape, generator=generator).to(x.device)).clamp(0, 1)
+    if name == "blur":
+        return gaussian_blur(x, kernel_size=[7, 7], sigma=[level, level])
+    if name == "thicken":  # morphological dilation, 3x3, `level` times
+        for _ in range(int(level)):
+            x = F.max_pool2d(x, 3, stride=1, padding=1)
+        return x
+    if name == "thin":  # morphological erosion
+        for _ in range(int(level)):
+            x = -F.max_pool2d(-x, 3, stride=1, padding=1)
+        return x
+    if name == "contrast":
+        return x * level
+    if name == "inversion":
+        return 1 - x
+    raise ValueError(name)
+
+
+CORRUPTIONS = {  # name: severities, mild to harsh (units: degrees, shear factor, zoom, pixels, std, sigma, steps, gain)
+    "rotation": [15, 30, 45], "shear": [0.2, 0.4, 0.6], "scale": [0.8, 0.65, 0.5], "translation": [3, 5, 7],
+    "gaussian noise": [0.1, 0.2, 0.4], "blur": [0.5, 1.0, 1.5], "thicken": [1, 2], "thin": [1, 2],
+    "contrast": [0.5, 0.3, 0.15], "inversion": [1],
+}
+
+
+def robustness_report(model, images, labels, args, out_dir: Path) -> dict:
+    """Accuracy under each corruption and severity; deterministic given --seed."""
+    images, labels = images[: args.robustness_images], labels[: args.robustness_images]
+    clean = evaluate(model, data.batches(images, labels, args.batch_size), args.amp)["accuracy"]
+    results = {"clean": clean, "images": len(images), "seed": args.seed, "corruptions": {}}
+    print(f"\nrobustness on {len(images)} test images (clean accuracy {100 * clean:.2f}%)")
+    print(f"{'corruption':<16} " + "  ".join(f"{'severity ' + str(i + 1):>11}" for i in range(3)))
+    for name, levels in CORRUPTIONS.items():
+        generator = torch.Generator().manual_seed(args.seed)
+        accuracies = []
+        for level in levels:
+            corrupted = corrupt(images, name, level, generator)
+            accuracies.append(evaluate(model, data.batches(corrupted, labels, args.batch_size), args.amp)["accuracy"])
+        results["corruptions"][name] = [{"level": level, "accuracy": a} for level, a in zip(levels, accuracies)]
+        cells = "  ".join(f"{f'{level:g}: ' + f'{100 * a:.1f}%':>11}" for level, a in zip(levels, accuracies))
+        print(f"{name:<16} {cells}")
+    write_json(out_dir / "robustness.json", results)
+    plot_robustness(out_dir / "robustness.png", results)
+    print(f"wrote {out_dir / 'robustness.json'} and {out_dir / 'robustness.png'}")
+    return results
+
+
+def plot_robustness(path: Path, results: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for name, rows in results["corruptions"].items():
+        ax.plot(range(1, len(rows) + 1), [100 * r["accuracy"] for r in rows], "o-", label=name)
+    ax.axhline(100 * results["clean"], color="black", linestyle="--", label="clean")
+    ax.set(xlabel="severity", ylabel="test accuracy (%)", xticks=[1, 2, 3], ylim=(0, 100),
+           title=f"accuracy under corruption ({results['images']} MNIST test images)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, ncol=2, loc="lower left")
+    save_figure(fig, path)
+
+
+def per_class_scores(confusion: torch.Tensor) -> list[dict]:
+    """Precision, recall and F1 of each class from a confusion matrix [true, predicted]."""
+    true_positive = confusion.diag().double()
+    predicted, actual = confusion.sum(0).double(), confusion.sum(1).double()
+    precision = true_positive / predicted.clamp(min=1)
+    recall = true_positive / actual.clamp(min=1)
+    f1 = 2 * precision * recall / (precision + recall).clamp(min=1e-12)
+    return [
+        {"class": c, "precision": precision[c].item(), "recall": recall[c].item(), "f1": f1[c].item(), "support": int(actual[c])}
+        for c in range(len(confusion))
+    ]
+
+
+def plot_confusion(path: Path, confusion: torch.Tensor, accuracy: float) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import LogNorm
+
+    fig, ax = plt.subplots(figsize=(6.5, 5.5))
+    # Log colour scale: the diagonal holds ~1000 per class, the interesting mistakes 1-10.
+    image = ax.imshow(confusion.clamp(min=1).numpy(), cmap="Blues", norm=LogNorm(vmin=1, vmax=confusion.max().item()))
+    n = len(confusion)
+    for i in range(n):
+        for j in range(n):
+            if confusion[i, j]:
+                ax.text(j, i, int(confusion[i, j]), ha="center", va="center", fontsize=8,
+                        color="white" if i == j else "crimson")
+    ax.set(xticks=range(n), yticks=range(n), xlabel="predicted", ylabel="true",
+           title=f"MNIST test confusion matrix (accuracy {100 * accuracy:.2f}%)")
+    fig.colorbar(image, ax=ax, label="images (log scale)")
+    save_figure(fig, path)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    device = pick_device(args.device)
+    out_dir = Path(args.out_dir)
+    model, checkpoint = load_model(args.weights, device)
+    images, labels = data.load_test(args.data_dir, device)
+
+    synchronize(device)
+    started = time.perf_counter()
+    result = evaluate(model, data.batches(images, labels, args.batch_size), args.amp)
+    synchronize(device)
+    seconds = time.perf_counter() - started
+
+    predictions = result["logits"].argmax(1).cpu()
+    truth = result["labels"].cpu()
+    confusion = torch.bincount(truth * 10 + predictions, minlength=100).reshape(10, 10)
+    classes = per_class_scores(confusion)
+    errors = int((predictions != truth).sum())
+    precision = "bf16 autocast" if args.amp and bf16_supported(device) else "fp32"
+
+    val_acc = checkpoint.get("metrics", {}).get("val_acc")
+    chosen = f", validation accuracy {100 * val_acc:.2f}%" if isinstance(val_acc, float) else ""
+    print(f"weights: {args.weights} (epoch {checkpoint.get('epoch', '?')}{chosen})")
+    print(f"test accuracy: {100 * result['accuracy']:.2f}% ({result['count'] - errors}/{result['count']}, {errors} errors)")
+    print(f"test loss: {result['loss']:.4f}")
+    print(f"evaluated on {device} ({precision}) in {seconds:.1f}s, {result['count'] / seconds:,.0f} images/s")
+    print("\nclass  precision  recall     f1  support")
+    for row in classes:
+        print(f"{row['class']:>5}  {100 * row['precision']:8.2f}%  {100 * row['recall']:5.2f}%  {100 * row['f1']:5.2f}%  {row['support']:>7}")
+
+    report = {
+        "weights": str(args.weights), "epoch": checkpoint.get("epoch"), "accuracy": result["accuracy"], "loss": result["loss"],
+        "errors": errors, "count": result["count"], "device": str(device), "precision": precision, "seconds": seconds,
+        "per_class": classes, "confusion_matrix": confusion.tolist(),
+    }
+    write_json(out_dir / "test_report.json", report)
+    plot_confusion(out_dir / "confusion_matrix.png", confusion, result["accuracy"])
+    print(f"\nwrote {out_dir / 'test_report.json'} and {out_dir / 'confusion_matrix.png'}")
+    if args.robustness:
+        robustness_report(model, images, labels, args, out_dir)
+
+
+if __name__ == "__main__":
+    run_cli(main)

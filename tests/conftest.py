@@ -1,0 +1,44 @@
+"""Shared fixtures: the repo root on sys.path, real MNIST from MNIST_DATA_DIR, and one small training run."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+# A recipe that learns in a minute on 2 CPU cores: ~90% validation accuracy after 2 epochs of 2,000 images.
+QUICK_RECIPE = ["--epochs", "2", "--subset", "2000", "--val-size", "1000", "--batch-size", "64", "--lr", "0.05"]
+
+
+def run_script(script: str, *args: str, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run one of the top-level scripts the way a user would, from the repo root."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    return subprocess.run([sys.executable, str(ROOT / script), *args], cwd=ROOT, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def mnist_dir() -> Path:
+    """Real MNIST; in CI its absence is a failure, not a skip, so the end-to-end tests always run there."""
+    folder = os.environ.get("MNIST_DATA_DIR")
+    if folder and (Path(folder) / "MNIST" / "raw" / "t10k-images-idx3-ubyte").is_file():
+        return Path(folder).resolve()
+    message = f"real MNIST not found (MNIST_DATA_DIR={folder!r}); set it to the folder that holds MNIST/raw"
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory, mnist_dir) -> Path:
+    """Train once on a small subset; several tests read the checkpoints it writes."""
+    out = tmp_path_factory.mktemp("trained")
+    result = run_script("train.py", *QUICK_RECIPE, "--out-dir", str(out), "--data-dir", str(mnist_dir))
+    assert result.returncode == 0, result.stderr
+    (out / "train_stdout.txt").write_text(result.stdout)
+    return out

@@ -1,0 +1,89 @@
+"""Every mistake a user can make gets one clear line on stderr, exit code 2, and nothing written."""
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+import torch
+
+from conftest import run_script
+from model import ResNet18, save_checkpoint
+
+RAW_FILES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
+
+
+def snapshot(folder) -> dict:
+    return {str(p.relative_to(folder)): hashlib.md5(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def broken_data_dir(root, mnist_dir, broken: str, how: str):
+    """A copy of MNIST (as symlinks) with one file missing, truncated or of the wrong kind."""
+    raw = root / how / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in RAW_FILES:
+        if name != broken:
+            (raw / name).symlink_to(mnist_dir / "MNIST" / "raw" / name)
+    original = (mnist_dir / "MNIST" / "raw" / broken).read_bytes()
+    if how == "truncated":
+        (raw / broken).write_bytes(original[:5000])
+    elif how == "wrong-magic":
+        (raw / broken).write_bytes((2049).to_bytes(4, "big") + original[4:])
+    return root / how
+
+
+CASES = [  # (id, script, arguments with {w}=good weights {t}=tmp {d}=data dir, part of the expected message)
+    ("missing-weights", "test.py", ["--weights", "{t}/nope.pt"], "no checkpoint at"),
+    ("empty-checkpoint", "test.py", ["--weights", "{t}/empty.pt"], "not a readable checkpoint"),
+    ("truncated-checkpoint", "test.py", ["--weights", "{t}/truncated.pt"], "not a readable checkpoint"),
+    ("text-file-as-checkpoint", "predict.py", ["--weights", "{t}/notes.txt", "--out", "{t}/p.png"], "not a readable checkpoint"),
+    ("plain-state-dict", "test.py", ["--weights", "{t}/state_dict.pt"], "not a checkpoint written by this project"),
+    ("missing-idx-file", "test.py", ["--weights", "{w}", "--data-dir", "{t}/missing"], "t10k-labels-idx1-ubyte is missing"),
+    ("truncated-idx-file", "test.py", ["--weights", "{w}", "--data-dir", "{t}/truncated"], "t10k-images-idx3-ubyte is truncated"),
+    ("wrong-magic-idx-file", "train.py", ["--data-dir", "{t}/wrong-magic"], "train-images-idx3-ubyte is not an MNIST images IDX file"),
+    ("zero-epochs", "train.py", ["--epochs", "0"], "--epochs: must be a positive integer"),
+    ("negative-epochs", "train.py", ["--epochs", "-3"], "--epochs: must be a positive integer"),
+    ("zero-batch-size", "train.py", ["--batch-size", "0"], "--batch-size: must be a positive integer"),
+    ("text-batch-size", "train.py", ["--batch-size", "big"], "--batch-size: invalid positive_int value"),
+    ("zero-subset", "train.py", ["--subset", "0"], "--subset: must be a positive integer"),
+    ("subset-too-large", "train.py", ["--subset", "58000"], "--subset must be between 1 and 55000"),
+    ("val-size-too-large", "train.py", ["--val-size", "60000"], "--val-size must be between 0 and 59999"),
+    ("negative-lr", "train.py", ["--lr", "-0.1"], "--lr: must be a positive number"),
+    ("unknown-device", "train.py", ["--device", "tpu"], "unknown device 'tpu'"),
+    ("cuda-without-gpu", "test.py", ["--weights", "{w}", "--device", "cuda"], "no CUDA GPU is available"),
+    ("resume-without-checkpoint", "train.py", ["--resume"], "no checkpoint at"),
+    ("unknown-flag", "test.py", ["--epochs", "3"], "unrecognized arguments: --epochs 3"),
+    ("predict-into-missing-folder", "predict.py", ["--weights", "{w}", "--out", "{t}/no/such/dir/p.png"], "does not exist"),
+    ("predict-zero-images", "predict.py", ["--weights", "{w}", "--num", "0", "--out", "{t}/p.png"], "--num: must be a positive integer"),
+]
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory, mnist_dir):
+    folder = tmp_path_factory.mktemp("bad_input")
+    save_checkpoint(folder / "good.pt", ResNet18(), epoch=1)
+    (folder / "empty.pt").write_bytes(b"")
+    (folder / "truncated.pt").write_bytes((folder / "good.pt").read_bytes()[:100_000])
+    (folder / "notes.txt").write_text("not a checkpoint\n")
+    torch.save(ResNet18().state_dict(), folder / "state_dict.pt")
+    broken_data_dir(folder, mnist_dir, "t10k-labels-idx1-ubyte", "missing")
+    broken_data_dir(folder, mnist_dir, "t10k-images-idx3-ubyte", "truncated")
+    broken_data_dir(folder, mnist_dir, "train-images-idx3-ubyte", "wrong-magic")
+    return folder
+
+
+@pytest.mark.parametrize("script, arguments, expected", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_input_gets_one_line_exit_2_and_writes_nothing(workspace, mnist_dir, script, arguments, expected):
+    if "cuda" in arguments and torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    arguments = [a.format(w=workspace / "good.pt", t=workspace, d=mnist_dir) for a in arguments]
+    if script == "train.py":
+        arguments += ["--out-dir", str(workspace / "out")]
+    if script == "test.py":
+        arguments += ["--out-dir", str(workspace / "reports")]
+    before = snapshot(workspace)
+    result = run_script(script, *arguments, env={"MNIST_DATA_DIR": str(mnist_dir)})
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert expected in lines[0]
+    assert snapshot(workspace) == before

@@ -1,0 +1,95 @@
+"""Data: 32x32 resize, normalisation, the split, the batch order and the augmentation."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import data
+from utils import UserError
+
+
+def test_resize_gives_32x32_in_unit_range():
+    digits = torch.randint(0, 256, (5, 28, 28), dtype=torch.uint8)
+    x = data.to_model_size(digits)
+    assert x.shape == (5, 1, 32, 32) and x.dtype == torch.float32
+    assert 0 <= x.min() and x.max() <= 1
+    flat = data.to_model_size(torch.full((1, 28, 28), 255, dtype=torch.uint8))
+    assert torch.allclose(flat, torch.ones_like(flat))
+
+
+def test_normalisation_constants_are_the_training_set_statistics(mnist_dir):
+    raw, _ = data.load_split(mnist_dir, train=True)
+    pixels = raw.float() / 255
+    assert abs(pixels.mean().item() - data.MEAN) < 1e-4 and abs(pixels.std().item() - data.STD) < 1e-4
+    (images, labels), _ = data.load_train_val(mnist_dir, 0, None, torch.device("cpu"))
+    assert images.shape == (60000, 1, 32, 32)
+    assert torch.bincount(labels).tolist() == [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
+    x = data.normalize(images)
+    # Bilinear upsampling to 32x32 keeps the mean and smooths the spread a little (std 0.94).
+    assert abs(x.mean().item()) < 0.01 and 0.9 < x.std().item() < 1.0
+
+
+def test_validation_split_is_seeded_disjoint_and_sized():
+    train, val = data.split_indices(60000, 5000)
+    assert len(val) == 5000 and len(train) == 55000
+    assert len(set(train.tolist()) | set(val.tolist())) == 60000
+    again_train, again_val = data.split_indices(60000, 5000)
+    assert torch.equal(val, again_val) and torch.equal(train, again_train)
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 3])
+def test_every_sample_once_per_epoch_across_ranks(world_size):
+    n, batch_size = 1001, 64
+    images = torch.arange(n, dtype=torch.float32).view(n, 1, 1, 1).expand(n, 1, 4, 4).contiguous()
+    labels = torch.arange(n)
+    seen, steps = [], set()
+    for rank in range(world_size):
+        rank_batches = list(data.batches(images, labels, batch_size, shuffle=True, seed=1, epoch=2, rank=rank, world_size=world_size))
+        steps.add(len(rank_batches))
+        seen += [int(y) for _, ys in rank_batches for y in ys]
+    assert sorted(seen) == list(range(n))
+    assert steps == {math.ceil(n / batch_size)}  # every rank runs the same number of steps
+
+
+def test_order_depends_on_seed_and_epoch_only_and_start_step_skips():
+    labels = torch.arange(300)
+    images = torch.zeros(300, 1, 4, 4)
+
+    def order(**kw):
+        return torch.cat([y for _, y in data.batches(images, labels, 50, shuffle=True, **kw)]).tolist()
+
+    assert order(seed=0, epoch=0) == order(seed=0, epoch=0)
+    assert order(seed=0, epoch=0) != order(seed=0, epoch=1) != order(seed=1, epoch=1)
+    assert order(seed=0, epoch=1, start_step=2) == order(seed=0, epoch=1)[100:]
+
+
+def test_augmentation_keeps_shape_labels_and_background_but_moves_ink(mnist_dir):
+    (images, labels), _ = data.load_train_val(mnist_dir, 0, 256, torch.device("cpu"))
+    (plain, plain_y), = list(data.batches(images, labels, 256))
+    (augmented, augmented_y), = list(data.batches(images, labels, 256, augment=True))
+    assert augmented.shape == plain.shape and torch.equal(augmented_y, plain_y)
+    assert (augmented - plain).abs().mean() > 0.05
+    background = data.normalize(torch.tensor(0.0))
+    assert torch.isclose(augmented[:, :, 0, 0], background).float().mean() > 0.95  # corners stay background
+    identity = torch.tensor([[[1.0, 0, 0], [0, 1, 0]]]).expand(256, 2, 3)
+    assert torch.allclose(data.apply_affines(images, identity), images, atol=1e-5)
+
+
+def test_augmentation_never_flips():
+    theta = data.random_affines(10000, torch.Generator().manual_seed(0))
+    determinant = theta[:, 0, 0] * theta[:, 1, 1] - theta[:, 0, 1] * theta[:, 1, 0]
+    assert (determinant > 0).all()
+
+
+def test_offline_without_data_names_the_folder_and_the_fix(tmp_path, monkeypatch):
+    # Route the download to a closed local port: the real download path runs, fails at once, and never leaves the machine.
+    for variable in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
+        monkeypatch.setenv(variable, "http://127.0.0.1:9")
+    monkeypatch.delenv("MNIST_DATA_DIR", raising=False)
+    with pytest.raises(UserError) as error:
+        data.load_split(tmp_path / "nowhere", train=True)
+    message = str(error.value)
+    assert str(tmp_path / "nowhere" / "MNIST" / "raw") in message
+    assert "--data-dir" in message and "MNIST_DATA_DIR" in message

@@ -1,0 +1,160 @@
+"""Nothing lost, nothing unsafe: interruption, exact resume, atomic writes, safe loading, non-finite loss."""
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import model as model_module
+from conftest import ROOT, run_script
+from model import ResNet18, load_checkpoint, save_checkpoint
+from utils import UserError
+
+# Tiny and deterministic: 16 steps per epoch, a few seconds each on 2 CPU cores.
+TINY = ["--epochs", "2", "--subset", "512", "--val-size", "256", "--batch-size", "32", "--lr", "0.05", "--deterministic"]
+
+
+def weights(path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)["model"]
+
+
+def assert_same_weights(a, b):
+    a, b = weights(a), weights(b)
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), f"{name} differs"
+
+
+def metric_rows(out_dir) -> list[dict]:
+    """metrics.csv without the wall-clock column, which no two runs share."""
+    return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(open(out_dir / "metrics.csv"))]
+
+
+def start_training(out_dir, mnist_dir, *extra) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, str(ROOT / "train.py"), *TINY, "--out-dir", str(out_dir), "--data-dir", str(mnist_dir), *extra],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def wait_for_line(process: subprocess.Popen, prefix: str) -> str:
+    for line in process.stdout:
+        if line.startswith(prefix):
+            return line
+    raise AssertionError(f"training ended before printing {prefix!r}: {process.stderr.read()}")
+
+
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory, mnist_dir):
+    out = tmp_path_factory.mktemp("straight")
+    result = run_script("train.py", *TINY, "--out-dir", str(out), "--data-dir", str(mnist_dir))
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+def test_deterministic_runs_are_bitwise_identical(straight_run, mnist_dir, tmp_path):
+    result = run_script("train.py", *TINY, "--out-dir", str(tmp_path), "--data-dir", str(mnist_dir))
+    assert result.returncode == 0, result.stderr
+    assert_same_weights(straight_run / "last.pt", tmp_path / "last.pt")
+    assert metric_rows(straight_run) == metric_rows(tmp_path)
+
+
+def test_sigkill_after_an_epoch_then_resume_equals_an_uninterrupted_run(straight_run, mnist_dir, tmp_path):
+    process = start_training(tmp_path, mnist_dir)
+    wait_for_line(process, "epoch   1/2")  # printed after last.pt of epoch 1 is on disk
+    process.kill()
+    process.wait()
+    assert load_checkpoint(tmp_path / "last.pt")["epoch"] == 1
+    result = run_script("train.py", "--resume", "--out-dir", str(tmp_path), "--data-dir", str(mnist_dir))
+    assert result.returncode == 0, result.stderr
+    assert "resuming" in result.stdout
+    assert_same_weights(straight_run / "last.pt", tmp_path / "last.pt")
+    assert_same_weights(straight_run / "best.pt", tmp_path / "best.pt")
+    assert metric_rows(straight_run) == metric_rows(tmp_path)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_interrupt_mid_epoch_saves_and_resume_equals_an_uninterrupted_run(straight_run, mnist_dir, tmp_path, signum):
+    process = start_training(tmp_path, mnist_dir)
+    wait_for_line(process, "ResNet-18")  # data loaded, training starts now
+    time.sleep(2.0)
+    process.send_signal(signum)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 128 + signum, stderr
+    assert "python train.py --resume" in stderr and "Traceback" not in stderr
+    saved = load_checkpoint(tmp_path / "last.pt")
+    assert (saved["epoch"], saved["step"]) != (2, 0), "the run finished before the signal arrived"
+    result = run_script("train.py", "--resume", "--out-dir", str(tmp_path), "--data-dir", str(mnist_dir))
+    assert result.returncode == 0, result.stderr
+    assert_same_weights(straight_run / "last.pt", tmp_path / "last.pt")
+    assert metric_rows(straight_run) == metric_rows(tmp_path)
+
+
+def test_a_write_that_fails_half_way_leaves_the_previous_checkpoint_loadable(tmp_path, monkeypatch):
+    good = ResNet18()
+    save_checkpoint(tmp_path / "best.pt", good, epoch=1)
+    before = (tmp_path / "best.pt").read_bytes()
+
+    def save_half_then_fail(obj, path, *args, **kwargs):
+        with open(path, "wb") as f:
+            f.write(before[: len(before) // 2])
+        raise OSError("disk full")
+
+    monkeypatch.setattr(model_module.torch, "save", save_half_then_fail)
+    with pytest.raises(OSError):
+        save_checkpoint(tmp_path / "best.pt", ResNet18(), epoch=2)
+    assert (tmp_path / "best.pt").read_bytes() == before
+    assert load_checkpoint(tmp_path / "best.pt")["epoch"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt"]  # no temporary file left behind
+
+
+class WritesMarker:
+    """A pickle payload that would create a file if it were ever unpickled."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_and_the_code_never_runs(tmp_path):
+    marker = tmp_path / "pwned"
+    torch.save({"format_version": 1, "model": {}, "payload": WritesMarker(marker)}, tmp_path / "evil.pt")
+    with pytest.raises(UserError, match="refusing to load .*evil.pt"):
+        load_checkpoint(tmp_path / "evil.pt")
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("field, value, expected", [
+    ("arch", "resnet34-mnist", "arch 'resnet34-mnist', expected 'resnet18-mnist'"),
+    ("num_classes", 100, "num_classes 100, expected 10"),
+    ("input_size", 28, "input_size 28, expected 32"),
+    ("format_version", 99, "format_version 99, expected 1"),
+])
+def test_an_incompatible_checkpoint_says_what_it_is_and_what_was_expected(tmp_path, field, value, expected):
+    checkpoint = {"format_version": 1, "arch": "resnet18-mnist", "num_classes": 10, "input_size": 32, "model": ResNet18().state_dict()}
+    checkpoint[field] = value
+    torch.save(checkpoint, tmp_path / "other.pt")
+    with pytest.raises(UserError, match=expected):
+        load_checkpoint(tmp_path / "other.pt")
+
+
+def test_weights_of_another_shape_are_refused_with_one_line(tmp_path):
+    save_checkpoint(tmp_path / "w.pt", ResNet18(num_classes=100))
+    with pytest.raises(UserError, match="does not hold ResNet-18 weights of this shape"):
+        model_module.load_model(tmp_path / "w.pt", torch.device("cpu"))
+
+
+def test_a_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(straight_run, mnist_dir, tmp_path):
+    good = (straight_run / "last.pt").read_bytes()
+    (tmp_path / "last.pt").write_bytes(good)
+    result = run_script("train.py", *TINY, "--lr", "1e9", "--out-dir", str(tmp_path), "--data-dir", str(mnist_dir))
+    assert result.returncode == 1
+    assert "non-finite at epoch 1, step" in result.stderr and "Traceback" not in result.stderr
+    assert (tmp_path / "last.pt").read_bytes() == good
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]

@@ -1,0 +1,76 @@
+"""End to end on real MNIST: train.py learns and saves, test.py reports the right number, predict.py draws."""
+from __future__ import annotations
+
+import csv
+import json
+import re
+
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+
+from conftest import run_script
+from model import ResNet18
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("script", ["train.py", "test.py", "predict.py"])
+def test_every_script_has_help(script):
+    result = run_script(script, "--help")
+    assert result.returncode == 0 and "usage:" in result.stdout and "--device" in result.stdout
+
+
+def test_train_learns_and_writes_checkpoints_metrics_and_curves(trained):
+    for name in ("best.pt", "last.pt", "metrics.csv", "curves.png"):
+        assert (trained / name).is_file(), name
+    assert (trained / "curves.png").read_bytes()[:8] == PNG_MAGIC
+    rows = list(csv.DictReader(open(trained / "metrics.csv")))
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    assert set(rows[0]) == {"epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds"}
+    assert float(rows[-1]["val_acc"]) > 0.8, rows  # chance is 0.1
+    assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
+    last = torch.load(trained / "last.pt", weights_only=True)
+    assert last["epoch"] == 2 and last["step"] == 0 and "optimizer" in last and "scheduler" in last
+    best = torch.load(trained / "best.pt", weights_only=True)
+    assert best["metrics"]["val_acc"] == max(float(r["val_acc"]) for r in rows)
+    assert len(re.findall(r"^epoch +\d+/2 ", (trained / "train_stdout.txt").read_text(), re.M)) == 2
+
+
+def independent_test_accuracy(weights, mnist_dir) -> int:
+    """Correct test predictions computed without test.py's code path: torchvision's dataset, our model class."""
+    checkpoint = torch.load(weights, map_location="cpu", weights_only=True)
+    model = ResNet18()
+    model.load_state_dict(checkpoint["model"])
+    model = model.to(memory_format=torch.channels_last).eval()
+    dataset = torchvision.datasets.MNIST(mnist_dir, train=False)
+    x = F.interpolate(dataset.data.float().div(255).unsqueeze(1), size=32, mode="bilinear", align_corners=False).clamp(0, 1)
+    x = (x - checkpoint["normalization"]["mean"]) / checkpoint["normalization"]["std"]
+    correct = 0
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        for start in range(0, len(x), 1000):
+            correct += (model(x[start : start + 1000]).argmax(1) == dataset.targets[start : start + 1000]).sum().item()
+    return correct
+
+
+def test_test_py_accuracy_equals_an_independent_computation(trained, mnist_dir, tmp_path):
+    result = run_script("test.py", "--weights", str(trained / "best.pt"), "--out-dir", str(tmp_path), "--data-dir", str(mnist_dir), "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    match = re.search(r"test accuracy: ([\d.]+)% \((\d+)/10000", result.stdout)
+    assert match, result.stdout
+    assert int(match.group(2)) == independent_test_accuracy(trained / "best.pt", mnist_dir)
+    report = json.loads((tmp_path / "test_report.json").read_text())
+    assert round(100 * report["accuracy"], 2) == float(match.group(1))
+    assert sum(map(sum, report["confusion_matrix"])) == 10000
+    assert sum(report["confusion_matrix"][i][i] for i in range(10)) == int(match.group(2))
+    assert [c["support"] for c in report["per_class"]] == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+    assert (tmp_path / "confusion_matrix.png").read_bytes()[:8] == PNG_MAGIC
+
+
+def test_predict_py_draws_a_grid(trained, mnist_dir, tmp_path):
+    out = tmp_path / "grid.png"
+    result = run_script("predict.py", "--weights", str(trained / "best.pt"), "--out", str(out), "--num", "9", "--data-dir", str(mnist_dir))
+    assert result.returncode == 0, result.stderr
+    assert out.read_bytes()[:8] == PNG_MAGIC
+    assert re.search(r"9 test digits, \d+ predicted correctly", result.stdout)

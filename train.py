@@ -1,0 +1,297 @@
+"""Train ResNet-18 on MNIST with SGD; save checkpoints, per-epoch metrics and learning curves.
+
+    python train.py                                   # the default recipe on the best device
+    python train.py --epochs 2 --subset 4000          # a quick run
+    python train.py --resume                          # continue an interrupted run exactly
+    torchrun --standalone --nproc_per_node=4 train.py # DDP on 4 GPUs (or CPU processes)
+"""
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from tqdm import tqdm
+
+import data
+from model import ResNet18, evaluate, load_checkpoint, save_checkpoint, unwrap
+from utils import (ArgumentParser, UserError, atomic_write, autocast, bf16_supported, non_negative_int, pick_device,
+                   positive_float, positive_int, run_cli, save_figure, synchronize)
+
+METRICS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds"]
+# Flags that describe where and how to run rather than what to train: --resume keeps these from the command line.
+RUNTIME_FLAGS = {"device", "data_dir", "out_dir", "resume"}
+
+
+def parse_args(argv: list[str] | None = None):
+    parser = ArgumentParser(description="Train ResNet-18 on MNIST (32x32) with SGD.")
+    recipe = parser.add_argument_group("recipe")
+    recipe.add_argument("--epochs", type=positive_int, default=10)
+    recipe.add_argument("--batch-size", type=positive_int, default=512, help="global batch size; under torchrun it is split across ranks")
+    recipe.add_argument("--lr", type=positive_float, default=0.1, help="peak learning rate of the one-cycle schedule")
+    recipe.add_argument("--momentum", type=float, default=0.9, help="Nesterov momentum")
+    recipe.add_argument("--weight-decay", type=float, default=5e-4)
+    recipe.add_argument("--warmup", type=float, default=0.2, help="fraction of all steps spent raising the learning rate")
+    recipe.add_argument("--label-smoothing", type=float, default=0.1)
+    recipe.add_argument("--no-augment", dest="augment", action="store_false", help="turn off random rotation/scale/shift")
+    recipe.add_argument("--seed", type=int, default=0)
+    dataset = parser.add_argument_group("data")
+    dataset.add_argument("--data-dir", help="folder containing MNIST/raw (default: $MNIST_DATA_DIR, else ./data; downloaded if missing)")
+    dataset.add_argument("--val-size", type=non_negative_int, default=5000, help="training images held out to pick best.pt (0: train on all)")
+    dataset.add_argument("--subset", type=positive_int, help="train on only the first N training images, for quick runs")
+    run = parser.add_argument_group("running")
+    run.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    run.add_argument("--out-dir", default="checkpoints", help="where checkpoints, metrics.csv and curves.png go")
+    run.add_argument("--resume", action="store_true", help="continue from OUT_DIR/last.pt with its saved settings")
+    run.add_argument("--no-amp", dest="amp", action="store_false", help="train in fp32 instead of bf16 autocast")
+    run.add_argument("--no-channels-last", dest="channels_last", action="store_false", help="keep NCHW memory format")
+    run.add_argument("--deterministic", action="store_true", help="bitwise-reproducible runs (slower on GPU)")
+    run.add_argument("--sync-bn", action="store_true", help="under torchrun, batch-norm statistics over all ranks")
+    run.add_argument("--eval-batch-size", type=positive_int, default=1000)
+    return parser.parse_args(argv)
+
+
+def setup_distributed(device: torch.device) -> tuple[int, int, torch.device]:
+    """(rank, world_size, device): under torchrun join the process group, otherwise a single process."""
+    if "RANK" not in os.environ:
+        return 0, 1, device
+    rank, world_size, local_rank = (int(os.environ[k]) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
+    if device.type == "cuda":
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return rank, world_size, device
+
+
+def all_reduce_sum(*values: torch.Tensor) -> list[torch.Tensor]:
+    """Sum tensors over DDP ranks (a no-op in a single process)."""
+    if not dist.is_initialized():
+        return list(values)
+    stacked = torch.stack([v.float() for v in values])
+    dist.all_reduce(stacked)
+    return list(stacked)
+
+
+def average_batchnorm_statistics(model: torch.nn.Module, world_size: int) -> None:
+    """Each rank's running BN statistics saw only its shard; average them so every rank holds the same model."""
+    if world_size == 1:
+        return
+    for name, buffer in model.named_buffers():
+        if buffer.is_floating_point():
+            dist.all_reduce(buffer)
+            buffer.div_(world_size)
+
+
+def install_stop_handlers() -> dict:
+    """Ctrl-C or SIGTERM asks training to stop after the current step and save; a second Ctrl-C quits at once.
+
+    A SIGTERM right after Ctrl-C (torchrun forwards one) does not count as the second press.
+    """
+    state = {"signal": None}
+
+    def handler(signum, frame):
+        if state["signal"] is not None:
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            return
+        state["signal"] = signum
+        print(f"\n{signal.Signals(signum).name}: stopping after this step to save (Ctrl-C again quits at once)", file=sys.stderr, flush=True)
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+    return state
+
+
+def write_metrics_csv(path: Path, history: list[dict]) -> None:
+    with atomic_write(path) as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=METRICS)
+        writer.writeheader()
+        writer.writerows(history)
+
+
+def plot_curves(path: Path, history: list[dict]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [row["epoch"] for row in history]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    for key, label in (("train", "train (augmented, label-smoothed)"), ("val", "validation")):
+        if any(row[f"{key}_loss"] != "" for row in history):
+            ax_loss.plot(epochs, [row[f"{key}_loss"] for row in history], "o-", label=label)
+            ax_acc.plot(epochs, [100 * row[f"{key}_acc"] for row in history], "o-", label=label)
+    ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="loss", yscale="log")
+    ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def main(argv: list[str] | None = None) -> torch.nn.Module | None:
+    """Train as the command line says; returns the trained model (None if a finished run was resumed)."""
+    args = parse_args(argv)
+    out_dir = Path(args.out_dir)
+    device = pick_device(args.device)
+    checkpoint = None
+    if args.resume:
+        checkpoint = load_checkpoint(out_dir / "last.pt")
+        if "optimizer" not in checkpoint:
+            raise UserError(f"{out_dir / 'last.pt'} holds weights only (no optimizer state), so it cannot be resumed")
+        runtime = {k: v for k, v in vars(args).items() if k in RUNTIME_FLAGS}
+        args.__dict__.update({**checkpoint["args"], **runtime})
+    rank, world_size, device = setup_distributed(device)
+    is_main = rank == 0
+    if args.batch_size < world_size:
+        raise UserError(f"--batch-size {args.batch_size} is smaller than the {world_size} ranks it is split across")
+
+    if args.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = not args.deterministic
+    torch.manual_seed(args.seed)
+
+    (train_x, train_y), (val_x, val_y) = data.load_train_val(args.data_dir, args.val_size, args.subset, device)
+    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
+    model = ResNet18().to(device, memory_format=memory_format)
+    optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum, nesterov=args.momentum > 0, weight_decay=args.weight_decay)
+    steps_per_epoch = len(data.batch_bounds(len(train_x), args.batch_size, world_size))
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=args.lr, total_steps=args.epochs * steps_per_epoch, pct_start=args.warmup, cycle_momentum=False
+    )
+    start_epoch, start_step, history, best_val_acc, partial = 0, 0, [], -1.0, None
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        torch.set_rng_state(checkpoint["rng_state"])
+        start_epoch, start_step = checkpoint["epoch"], checkpoint["step"]
+        history, best_val_acc, partial = checkpoint["history"], checkpoint["best_val_acc"], checkpoint.get("partial")
+        if start_epoch >= args.epochs:
+            print(f"{out_dir / 'last.pt'} already finished all {args.epochs} epochs; nothing to resume")
+            return None
+    if world_size > 1:
+        if args.sync_bn:
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    amp = args.amp and bf16_supported(device)
+    sync_every = 1 if device.type == "cpu" else 20  # reading a GPU value stalls its queue; on CPU it costs nothing
+    show_bar = is_main and sys.stderr.isatty()
+    stop = install_stop_handlers()
+
+    def state(epoch: int, step: int, partial: dict | None) -> dict:
+        return dict(
+            epoch=epoch, step=step, partial=partial, history=history, best_val_acc=best_val_acc, args=vars(args),
+            optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), rng_state=torch.get_rng_state(),
+        )
+
+    if is_main:
+        params = sum(p.numel() for p in model.parameters())
+        print(f"ResNet-18 ({params / 1e6:.2f} M parameters) on {device}{f' x{world_size} ranks' if world_size > 1 else ''}, "
+              f"{'bf16 autocast' if amp else 'fp32'}, {'channels_last' if args.channels_last else 'NCHW'}; "
+              f"{len(train_x)} training / {len(val_x)} validation images, batch {args.batch_size}, {steps_per_epoch} steps per epoch")
+        if checkpoint is not None:
+            print(f"resuming {out_dir / 'last.pt'} at epoch {start_epoch + 1}, step {start_step}/{steps_per_epoch} with its saved settings")
+
+    for epoch in range(start_epoch, args.epochs):
+        started = time.perf_counter()
+        model.train()
+        # Per-step sums stay on the device and are read only every sync_every steps, so the GPU never waits for Python.
+        step_loss = torch.zeros(steps_per_epoch, device=device)
+        step_correct = torch.zeros(steps_per_epoch, device=device)
+        step_count = torch.zeros(steps_per_epoch, device=device)
+        if partial is not None:
+            for name, tensor in (("loss", step_loss), ("correct", step_correct), ("count", step_count)):
+                tensor.copy_(partial[name])
+        checked = first_step = start_step if epoch == start_epoch else 0
+        bar = tqdm(total=steps_per_epoch, initial=first_step, desc=f"epoch {epoch + 1}/{args.epochs}", unit="step",
+                   disable=not show_bar, leave=False, dynamic_ncols=True)
+        train_batches = data.batches(train_x, train_y, args.batch_size, shuffle=True, augment=args.augment, seed=args.seed,
+                                     epoch=epoch, start_step=first_step, rank=rank, world_size=world_size)
+        for step, (x, y) in enumerate(train_batches, start=first_step):
+            with autocast(device, amp):
+                logits = model(x)
+                loss = F.cross_entropy(logits, y, label_smoothing=args.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            step_loss[step] = loss.detach() * len(y)
+            step_correct[step] = (logits.argmax(1) == y).sum()
+            step_count[step] = len(y)
+            bar.update()
+            if (step + 1) % sync_every and step + 1 < steps_per_epoch:
+                continue
+            bad = (~torch.isfinite(step_loss[checked : step + 1])).nonzero()
+            flags = torch.tensor([float(len(bad) > 0), float(stop["signal"] is not None)], device=device)
+            if world_size > 1:
+                dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+            if flags[0]:
+                where = f"step {checked + bad[0].item() + 1}" if len(bad) else f"a step in {checked + 1}-{step + 1} on another rank"
+                kept = f"{out_dir / 'last.pt'} is untouched" if (out_dir / "last.pt").exists() else "no checkpoint was written"
+                raise UserError(f"the loss became non-finite at epoch {epoch + 1}, {where}; stopped without saving: {kept}. "
+                                f"Try a lower --lr (now {args.lr})", exit_code=1)
+            checked = step + 1
+            bar.set_postfix(loss=f"{(step_loss[: step + 1].sum() / step_count[: step + 1].sum()).item():.4f}")
+            if flags[1]:
+                bar.close()
+                if is_main:
+                    partial = {"loss": step_loss.cpu(), "correct": step_correct.cpu(), "count": step_count.cpu()}
+                    save_checkpoint(out_dir / "last.pt", model, **state(epoch, step + 1, partial))
+                    resume = " ".join(["python train.py --resume"] + ([f"--out-dir {args.out_dir}"] if args.out_dir != "checkpoints" else []))
+                    print(f"saved {out_dir / 'last.pt'} at epoch {epoch + 1}, step {step + 1}/{steps_per_epoch}; continue with: {resume}", file=sys.stderr)
+                signum = stop["signal"] or signal.SIGTERM
+                raise UserError(f"interrupted by {signal.Signals(signum).name}", exit_code=128 + signum)
+        bar.close()
+        partial = None
+        train_loss, train_correct, train_count = all_reduce_sum(step_loss.sum(), step_correct.sum(), step_count.sum())
+        average_batchnorm_statistics(model, world_size)
+
+        row = {"epoch": epoch + 1, "train_loss": train_loss.item() / train_count.item(), "train_acc": train_correct.item() / train_count.item(),
+               "val_loss": "", "val_acc": "", "lr": scheduler.get_last_lr()[0]}
+        if len(val_x):
+            val = evaluate(unwrap(model), data.batches(val_x, val_y, args.eval_batch_size, rank=rank, world_size=world_size), amp)
+            val_loss, val_correct, val_count = all_reduce_sum(val["loss_sum"], val["correct"], torch.tensor(val["count"], device=device))
+            row.update(val_loss=val_loss.item() / val_count.item(), val_acc=val_correct.item() / val_count.item())
+        synchronize(device)
+        row["seconds"] = round(time.perf_counter() - started, 3)
+        history.append(row)
+
+        if is_main:
+            # With no validation split there is nothing to choose on: best.pt is simply the latest epoch.
+            improved = row["val_acc"] == "" or row["val_acc"] > best_val_acc
+            if improved:
+                best_val_acc = row["val_acc"] if row["val_acc"] != "" else best_val_acc
+                save_checkpoint(out_dir / "best.pt", model, epoch=epoch + 1, metrics=row, args=vars(args))
+            save_checkpoint(out_dir / "last.pt", model, **state(epoch + 1, 0, None))
+            write_metrics_csv(out_dir / "metrics.csv", history)
+            plot_curves(out_dir / "curves.png", history)
+            val_text = f"val loss {row['val_loss']:.4f} acc {100 * row['val_acc']:.2f}%{' *' if improved else ''}" if row["val_acc"] != "" else "no validation"
+            print(f"epoch {epoch + 1:>3}/{args.epochs}  train loss {row['train_loss']:.4f} acc {100 * row['train_acc']:.2f}%  "
+                  f"{val_text}  lr {row['lr']:.4f}  {row['seconds']:.1f}s", flush=True)
+        if stop["signal"] is not None:  # arrived during validation: the epoch is complete and saved
+            signum = stop["signal"]
+            if is_main:
+                print(f"saved {out_dir / 'last.pt'} after epoch {epoch + 1}; continue with: python train.py --resume", file=sys.stderr)
+            raise UserError(f"interrupted by {signal.Signals(signum).name}", exit_code=128 + signum)
+
+    if is_main:
+        total = sum(row["seconds"] for row in history)
+        best = f"best validation accuracy {100 * best_val_acc:.2f}%" if best_val_acc >= 0 else "no validation split"
+        print(f"done in {total:.1f}s of training: {best}; weights in {out_dir / 'best.pt'}. Next: python test.py")
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    return unwrap(model)
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,148 @@
+"""Small helpers shared by the scripts: one-line errors, device choice, mixed precision, atomic writes."""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+
+
+class UserError(Exception):
+    """A problem the user can fix; printed as one line on stderr, never as a traceback."""
+
+    def __init__(self, message: str, exit_code: int = 2):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def run_cli(main: Callable[[], None]) -> None:
+    """Run a script's main(): UserError becomes 'error: ...' and its exit code, Ctrl-C exits 130."""
+    try:
+        main()
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(error.exit_code)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose mistakes are one line on stderr (via UserError, exit 2) instead of usage text."""
+
+    def __init__(self, **kwargs):
+        super().__init__(formatter_class=argparse.ArgumentDefaultsHelpFormatter, **kwargs)
+
+    def error(self, message: str):
+        raise UserError(f"{message} (see --help)")
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be zero or more, got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def pick_device(name: str) -> torch.device:
+    """'auto' picks CUDA, then Apple's MPS, then the CPU; an explicit choice must exist."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda was requested but no CUDA GPU is available (try --device auto or cpu)")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise UserError("--device mps was requested but Apple's MPS backend is not available (try --device auto or cpu)")
+    if name not in ("cpu", "cuda", "mps"):
+        raise UserError(f"unknown device {name!r}: choose auto, cpu, cuda or mps")
+    return torch.device(name)
+
+
+def bf16_supported(device: torch.device) -> bool:
+    """bf16 autocast pays off on CUDA GPUs and on CPUs with native bf16 (AVX512-BF16 or AMX); elsewhere it is emulated and slow."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        try:
+            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        except (AttributeError, RuntimeError):
+            return False
+    return False
+
+
+def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
+    """bf16 autocast where it helps (see bf16_supported), otherwise plain fp32."""
+    if enabled and bf16_supported(device):
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued GPU work, so wall-clock timings measure the work itself."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; rename it over `path` only if the block succeeds.
+
+    Readers never see a half-written file: a crash, a full disk or a second Ctrl-C leaves the old file intact.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Keep the real suffix last so tools that infer the format from the name (matplotlib) still work.
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}")
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: str | Path, data: dict) -> None:
+    with atomic_write(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def save_figure(fig, path: str | Path, close: bool = True) -> None:
+    """Save a matplotlib figure atomically and (unless it is still to be shown) release its memory."""
+    import matplotlib.pyplot as plt
+
+    with atomic_write(path) as tmp:
+        fig.savefig(tmp, dpi=120, bbox_inches="tight")
+    if close:
+        plt.close(fig)
+
+
+def check_writable_dir(path: str | Path, what: str) -> None:
+    """Fail before any work is done if an output would land in a folder that does not exist."""
+    parent = Path(path).parent
+    if not parent.is_dir():
+        raise UserError(f"{what} {path}: folder {parent} does not exist")
