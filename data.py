@@ -232,14 +232,16 @@ def digit_to_mnist(gray: torch.Tensor) -> torch.Tensor:
     if kernel > 1:
         x = F.avg_pool2d(F.pad(x[None, None], [kernel // 2] * 4, mode="replicate"), kernel, stride=1)[0, 0]
     threshold = _otsu_threshold(x)
-    ink = x[x > threshold]
-    ink = ink[:: max(1, ink.numel() // 1_000_000)]  # a sample is enough for a percentile (quantile caps its input size)
+    mask = x > threshold
+    # Samples are enough for percentiles (and torch.quantile caps its input size).
+    ink, paper = x[mask][:: max(1, int(mask.sum()) // 1_000_000)], x[~mask][:: max(1, int((~mask).sum()) // 1_000_000)]
     brightest = ink.quantile(0.99).item() if ink.numel() else threshold
-    if brightest - threshold < 0.1:
+    if brightest - threshold < 0.1 or paper.numel() == 0:
         raise UserError("no digit found: the image is blank or has too little contrast")
-    x = ((x - threshold) / (brightest - threshold)).clamp(0, 1)
-    rows, cols = x.sum(1).nonzero(), x.sum(0).nonzero()
-    x = x[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
+    # Zero just above the paper, not at the threshold, so the soft edges of strokes survive as in MNIST.
+    zero = min(paper.quantile(0.99).item(), threshold)
+    rows, cols = mask.sum(1).nonzero(), mask.sum(0).nonzero()
+    x = ((x - zero) / (brightest - zero)).clamp(0, 1)[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
     scale = 20 / max(x.shape)
     height, width = max(1, round(x.shape[0] * scale)), max(1, round(x.shape[1] * scale))
     x = F.interpolate(x[None, None], size=(height, width), mode="bilinear", antialias=True, align_corners=False)[0, 0].clamp(0, 1)

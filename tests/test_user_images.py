@@ -1,0 +1,92 @@
+"""Users' own digits: photos/scans are classified as well as MNIST itself; the robustness report works."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import data
+from conftest import run_script
+from model import load_model
+from predict import classify
+from render_digits import write_rendered
+from test import CORRUPTIONS, corrupt
+
+N_DIGITS = 300
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory, mnist_dir):
+    images, labels = data.load_split(mnist_dir, train=False)
+    folder = tmp_path_factory.mktemp("rendered")
+    return write_rendered(images[:N_DIGITS].numpy(), labels[:N_DIGITS].numpy(), folder), images[:N_DIGITS], labels[:N_DIGITS]
+
+
+def test_photos_of_digits_score_within_3_points_of_the_originals(trained, rendered, tmp_path):
+    paths, images, labels = rendered
+    result = run_script("predict.py", "--images", str(paths[0].parent), "--json", "--weights", str(trained / "best.pt"),
+                        "--out", str(tmp_path / "seen.png"), "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    predictions = {r["path"]: r["prediction"] for r in json.loads(result.stdout)}
+    assert len(predictions) == N_DIGITS
+    on_files = np.mean([predictions[str(p)] == int(p.stem.split("label")[1]) for p in paths])
+
+    model, _ = load_model(trained / "best.pt", torch.device("cpu"))
+    on_originals = (classify(model, data.to_model_size(images), amp=True).argmax(1) == labels).float().mean().item()
+    # Control: the same files without the MNIST-style preprocessing, just grayscale and resized.
+    unprocessed = torch.stack([torch.nn.functional.interpolate(data.read_image(p)[None, None], size=32, mode="bilinear", antialias=True)[0]
+                               for p in paths])
+    control = (classify(model, unprocessed, amp=True).argmax(1) == labels).float().mean().item()
+
+    assert abs(on_files - on_originals) <= 0.03, (on_files, on_originals)
+    assert control < on_files - 0.5, (control, on_files)
+    assert (tmp_path / "seen.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_one_bad_file_is_reported_and_the_others_are_still_classified(trained, rendered, tmp_path):
+    paths, _, _ = rendered
+    Image.new("L", (200, 150), 230).save(tmp_path / "blank.png")
+    (tmp_path / "notes.png").write_text("not an image")
+    Image.new("L", (8000, 6000), 255).save(tmp_path / "huge.png")  # 48 megapixels, a few KB on disk
+    result = run_script("predict.py", "--images", str(paths[0]), str(tmp_path / "blank.png"), str(tmp_path / "notes.png"),
+                        str(tmp_path / "huge.png"), str(paths[1]), "--weights", str(trained / "best.pt"), "--out", str(tmp_path / "f.png"))
+    assert result.returncode == 1
+    assert "blank.png: no digit found" in result.stderr
+    assert "notes.png: not an image file" in result.stderr
+    assert "huge.png: 8000x6000 pixels is too large" in result.stderr
+    assert "3 of 5 files could not be classified" in result.stderr and "Traceback" not in result.stderr
+    assert result.stdout.count("top-3:") == 2
+
+
+def test_a_digit_in_a_small_clean_image_is_not_distorted():
+    digit = torch.zeros(28, 28)
+    digit[4:24, 12:16] = 1.0  # a "1": a 20x4 bar
+    prepared = data.digit_to_mnist(1 - digit)  # given dark on light
+    assert prepared.shape == (28, 28)
+    assert torch.allclose(prepared, digit, atol=1e-4)
+
+
+def test_corruptions_are_deterministic_given_a_seed_and_keep_shape():
+    x = torch.rand(8, 1, 32, 32)
+    for name, levels in CORRUPTIONS.items():
+        a = corrupt(x, name, levels[-1], torch.Generator().manual_seed(3))
+        b = corrupt(x, name, levels[-1], torch.Generator().manual_seed(3))
+        assert a.shape == x.shape and torch.equal(a, b), name
+        assert not torch.equal(a, x), name
+
+
+def test_robustness_report_writes_table_json_and_chart(trained, mnist_dir, tmp_path):
+    result = run_script("test.py", "--weights", str(trained / "best.pt"), "--robustness", "--robustness-images", "300",
+                        "--out-dir", str(tmp_path), "--data-dir", str(mnist_dir))
+    assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / "robustness.json").read_text())
+    assert set(report["corruptions"]) == set(CORRUPTIONS) and report["images"] == 300
+    for name in CORRUPTIONS:
+        assert name in result.stdout
+    # A model trained on light-on-dark digits should fail on inverted ones and survive mild rotation.
+    assert report["corruptions"]["inversion"][0]["accuracy"] < 0.5 * report["clean"]
+    assert report["corruptions"]["rotation"][0]["accuracy"] > 0.5 * report["clean"]
+    assert (tmp_path / "robustness.png").read_bytes()[:4] == b"\x89PNG"
