@@ -14,7 +14,8 @@ import torch
 
 import data
 from model import load_model
-from utils import ArgumentParser, UserError, autocast, check_writable_dir, pick_device, positive_int, run_cli, save_figure
+from utils import (ArgumentParser, UserError, autocast, check_writable_dir, pick_device, positive_int, pyplot, run_cli,
+                   save_figure)
 
 
 def parse_args(argv: list[str] | None = None):
@@ -43,12 +44,7 @@ def classify(model: torch.nn.Module, images: torch.Tensor, amp: bool) -> torch.T
 
 def plot_grid(path: str, images: torch.Tensor, probabilities: torch.Tensor, labels: torch.Tensor | None, show: bool) -> None:
     """One panel per image, titled 'predicted (confidence)' and, when known, the true label; mistakes in red."""
-    import matplotlib
-
-    if not show:
-        matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot(interactive=show)
     n = len(images)
     cols = math.ceil(math.sqrt(n))
     rows = math.ceil(n / cols)
@@ -74,12 +70,7 @@ def plot_grid(path: str, images: torch.Tensor, probabilities: torch.Tensor, labe
 def plot_user_images(path: str, originals: list[torch.Tensor], inputs: torch.Tensor, probabilities: torch.Tensor,
                      names: list[str], show: bool) -> None:
     """Each user image beside the 32x32 digit the model saw, titled with its prediction."""
-    import matplotlib
-
-    if not show:
-        matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot(interactive=show)
     shown = min(len(originals), 32)
     fig, axes = plt.subplots(shown, 2, figsize=(4, 2 * shown), squeeze=False)
     confidence, predicted = probabilities.max(1)

@@ -14,7 +14,8 @@ import torch.nn.functional as F
 
 import data
 from model import evaluate, load_model
-from utils import ArgumentParser, bf16_supported, pick_device, positive_int, run_cli, save_figure, synchronize, write_json
+from utils import (ArgumentParser, bf16_supported, pick_device, positive_int, pyplot, run_cli, save_figure, synchronize,
+                   write_json)
 
 
 def parse_args(argv: list[str] | None = None):
@@ -104,11 +105,7 @@ def robustness_report(model, images, labels, args, out_dir: Path) -> dict:
 
 
 def plot_robustness(path: Path, results: dict) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for name, rows in results["corruptions"].items():
         ax.plot(range(1, len(rows) + 1), [100 * r["accuracy"] for r in rows], "o-", label=name)
@@ -134,11 +131,9 @@ def per_class_scores(confusion: torch.Tensor) -> list[dict]:
 
 
 def plot_confusion(path: Path, confusion: torch.Tensor, accuracy: float) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from matplotlib.colors import LogNorm
+
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(6.5, 5.5))
     # Log colour scale: the diagonal holds ~1000 per class, the interesting mistakes 1-10.

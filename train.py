@@ -22,7 +22,7 @@ from tqdm import tqdm
 import data
 from model import ResNet18, evaluate, load_checkpoint, save_checkpoint, unwrap
 from utils import (ArgumentParser, UserError, atomic_write, autocast, bf16_supported, non_negative_int, pick_device,
-                   positive_float, positive_int, run_cli, save_figure, synchronize)
+                   positive_float, positive_int, pyplot, run_cli, save_figure, synchronize)
 
 METRICS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds"]
 # Flags that describe where and how to run rather than what to train: --resume keeps these from the command line.
@@ -116,11 +116,7 @@ def write_metrics_csv(path: Path, history: list[dict]) -> None:
 
 
 def plot_curves(path: Path, history: list[dict]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     epochs = [row["epoch"] for row in history]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
     for key, label in (("train", "train (augmented, label-smoothed)"), ("val", "validation")):

@@ -131,6 +131,17 @@ def write_json(path: str | Path, data: dict) -> None:
         tmp.write_text(json.dumps(data, indent=2) + "\n")
 
 
+def pyplot(interactive: bool = False):
+    """matplotlib.pyplot, on the file-only Agg backend unless a window is wanted (servers have no display)."""
+    import matplotlib
+
+    if not interactive:
+        matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def save_figure(fig, path: str | Path, close: bool = True) -> None:
     """Save a matplotlib figure atomically and (unless it is still to be shown) release its memory."""
     import matplotlib.pyplot as plt

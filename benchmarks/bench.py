@@ -1,0 +1,127 @@
+"""Training and evaluation throughput: the typical peer pipeline vs ours, same ResNet-18, same 32x32 inputs.
+
+    python benchmarks/bench.py                    # on the best device present
+    python benchmarks/bench.py --device cpu --steps 5
+
+Peer: torchvision MNIST -> PIL Resize(32) -> ToTensor -> Normalize per image in a DataLoader, fp32, NCHW, batch 128.
+Ours: the whole split resized once and kept on the device, on-device augmentation, bf16 autocast, channels_last,
+batch 512 (train.py's defaults). Each is timed over --steps steps after --warmup untimed ones, synchronised.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import data  # noqa: E402
+from model import ResNet18  # noqa: E402
+from utils import ArgumentParser, autocast, bf16_supported, pick_device, positive_int, run_cli, synchronize  # noqa: E402
+
+TRAIN_GFLOP, FORWARD_GFLOP = 3.3, 1.1  # per 32x32 image: forward ~1.1 GFLOP, training step ~3x that
+
+
+def parse_args(argv=None):
+    parser = ArgumentParser(description="Throughput of the peer pipeline vs ours.")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--data-dir", help="folder containing MNIST/raw (default: $MNIST_DATA_DIR, else ./data)")
+    parser.add_argument("--steps", type=positive_int, default=50, help="timed steps per measurement")
+    parser.add_argument("--warmup", type=positive_int, default=10, help="untimed steps first")
+    parser.add_argument("--batch-size", type=positive_int, default=512, help="our training batch size")
+    parser.add_argument("--eval-batch-size", type=positive_int, default=1000, help="our evaluation batch size")
+    parser.add_argument("--peer-batch-size", type=positive_int, default=128)
+    parser.add_argument("--peak-tflops", type=float, default=800.0, help="the GPU's bf16 matrix peak, for the ceiling column")
+    return parser.parse_args(argv)
+
+
+def peer_batches(data_dir, train: bool, batch_size: int, device: torch.device):
+    """What typical ResNet-18 MNIST repos do: PIL transforms per image in DataLoader workers, fp32 NCHW."""
+    import torchvision
+    from torchvision import transforms
+
+    data.load_split(data_dir, train)  # the same checks and one-line errors as ours
+    transform = transforms.Compose([transforms.Resize(32), transforms.ToTensor(), transforms.Normalize((data.MEAN,), (data.STD,))])
+    dataset = torchvision.datasets.MNIST(data.resolve_data_dir(data_dir), train=train, transform=transform)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=train, drop_last=True,
+                                         num_workers=min(4, os.cpu_count() or 1), pin_memory=device.type == "cuda",
+                                         persistent_workers=True)
+    while True:
+        for x, y in loader:
+            yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+
+
+def our_batches(images, labels, batch_size: int, augment: bool):
+    epoch = 0
+    while True:
+        yield from data.batches(images, labels, batch_size, shuffle=augment, augment=augment, epoch=epoch)
+        epoch += 1
+
+
+def images_per_second(step, batches, steps: int, warmup: int, device: torch.device) -> float:
+    for _ in range(warmup):
+        step(*next(batches))
+    synchronize(device)
+    started, count = time.perf_counter(), 0
+    for _ in range(steps):
+        x, y = next(batches)
+        step(x, y)
+        count += len(y)
+    synchronize(device)
+    return count / (time.perf_counter() - started)
+
+
+def measure(device, batches_train, batches_eval, amp: bool, channels_last: bool, args) -> tuple[float, float]:
+    torch.manual_seed(0)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    model = ResNet18().to(device, memory_format=memory_format)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4)
+
+    def train_step(x, y):
+        with autocast(device, amp):
+            loss = F.cross_entropy(model(x), y, label_smoothing=0.1)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    @torch.no_grad()
+    def eval_step(x, y):
+        with autocast(device, amp):
+            model(x).argmax(1)
+
+    model.train()
+    train = images_per_second(train_step, batches_train, args.steps, args.warmup, device)
+    model.eval()
+    evaluate = images_per_second(eval_step, batches_eval, args.steps, args.warmup, device)
+    return train, evaluate
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    device = pick_device(args.device)
+    torch.backends.cudnn.benchmark = True
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{device} ({os.cpu_count()} cores)"
+    print(f"device: {name}; torch {torch.__version__}; {args.steps} timed steps after {args.warmup} warm-up")
+
+    peer = measure(device, peer_batches(args.data_dir, True, args.peer_batch_size, device),
+                   peer_batches(args.data_dir, False, args.peer_batch_size, device), amp=False, channels_last=False, args=args)
+    (train_x, train_y), _ = data.load_train_val(args.data_dir, 5000, None, device)
+    test_x, test_y = data.load_test(args.data_dir, device)
+    ours = measure(device, our_batches(train_x, train_y, args.batch_size, augment=True),
+                   our_batches(test_x, test_y, args.eval_batch_size, augment=False), amp=True, channels_last=True, args=args)
+
+    precision = "bf16 autocast" if bf16_supported(device) else "fp32 (no fast bf16 here)"
+    rows = [("peer: PIL DataLoader, fp32, NCHW, batch 128", *peer), (f"ours: on-device, {precision}, channels_last", *ours)]
+    print(f"\n| pipeline | train images/s | eval images/s |{' train % of FLOP ceiling |' if device.type == 'cuda' else ''}")
+    print(f"| --- | ---: | ---: |{' ---: |' if device.type == 'cuda' else ''}")
+    for label, train, evaluate in rows:
+        ceiling = f" {100 * train * TRAIN_GFLOP / (args.peak_tflops * 1e3):.1f}% |" if device.type == "cuda" else ""
+        print(f"| {label} | {train:,.0f} | {evaluate:,.0f} |{ceiling}")
+    print(f"| ratio ours / peer | {ours[0] / peer[0]:.2f}x | {ours[1] / peer[1]:.2f}x |{' |' if device.type == 'cuda' else ''}")
+
+
+if __name__ == "__main__":
+    run_cli(main)
