@@ -28,6 +28,6 @@ def write_rendered(digits: np.ndarray, labels: np.ndarray, folder: Path, seed: i
     paths = []
     for i, (digit, label) in enumerate(zip(digits, labels)):
         path = folder / f"{i:04d}_label{label}.{'jpg' if i % 2 else 'png'}"
-        render_like_a_photo(digit, rng).save(path, quality=90) if i % 2 else render_like_a_photo(digit, rng).save(path)
+        render_like_a_photo(digit, rng).save(path, quality=90)  # quality applies to JPEG; PNG ignores it
         paths.append(path)
     return paths
