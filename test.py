@@ -6,11 +6,13 @@
 from __future__ import annotations
 
 import math
+import sys
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 import data
 from model import evaluate, load_model
@@ -89,15 +91,21 @@ def robustness_report(model, images, labels, args, out_dir: Path) -> dict:
     results = {"clean": clean, "images": len(images), "seed": args.seed, "corruptions": {}}
     print(f"\nrobustness on {len(images)} test images (clean accuracy {100 * clean:.2f}%)")
     print(f"{'corruption':<16} " + "  ".join(f"{'severity ' + str(i + 1):>11}" for i in range(3)))
+    # Minutes on a CPU: a bar with ETA on a terminal, the table rows as they come either way.
+    bar = tqdm(total=sum(map(len, CORRUPTIONS.values())), unit="pass", leave=False, disable=not sys.stderr.isatty())
     for name, levels in CORRUPTIONS.items():
         generator = torch.Generator().manual_seed(args.seed)
         accuracies = []
         for level in levels:
+            bar.set_description(f"{name} {level:g}")
             corrupted = corrupt(images, name, level, generator)
             accuracies.append(evaluate(model, data.batches(corrupted, labels, args.batch_size), args.amp)["accuracy"])
+            bar.update()
         results["corruptions"][name] = [{"level": level, "accuracy": a} for level, a in zip(levels, accuracies)]
         cells = "  ".join(f"{f'{level:g}: ' + f'{100 * a:.1f}%':>11}" for level, a in zip(levels, accuracies))
-        print(f"{name:<16} {cells}")
+        bar.write(f"{name:<16} {cells}", file=sys.stdout)
+        sys.stdout.flush()  # rows show as they come in a log too
+    bar.close()
     write_json(out_dir / "robustness.json", results)
     plot_robustness(out_dir / "robustness.png", results)
     print(f"wrote {out_dir / 'robustness.json'} and {out_dir / 'robustness.png'}")
@@ -108,12 +116,13 @@ def plot_robustness(path: Path, results: dict) -> None:
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for name, rows in results["corruptions"].items():
-        ax.plot(range(1, len(rows) + 1), [100 * r["accuracy"] for r in rows], "o-", label=name)
+        levels = ", ".join(f"{r['level']:g}" for r in rows)
+        ax.plot(range(1, len(rows) + 1), [100 * r["accuracy"] for r in rows], "o-", label=f"{name} ({levels})")
     ax.axhline(100 * results["clean"], color="black", linestyle="--", label="clean")
-    ax.set(xlabel="severity", ylabel="test accuracy (%)", xticks=[1, 2, 3], ylim=(0, 100),
+    ax.set(xlabel="severity", ylabel="test accuracy (%)", xticks=[1, 2, 3], ylim=(0, 101),
            title=f"accuracy under corruption ({results['images']} MNIST test images)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, ncol=2, loc="lower left")
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))  # outside: the lines fill the whole plot
     save_figure(fig, path)
 
 

@@ -5,6 +5,7 @@ import argparse
 import contextlib
 import json
 import os
+import platform
 import sys
 import tempfile
 from pathlib import Path
@@ -82,12 +83,18 @@ def pick_device(name: str) -> torch.device:
 
 
 def bf16_supported(device: torch.device) -> bool:
-    """bf16 autocast pays off on CUDA GPUs and on CPUs with native bf16 (AVX512-BF16 or AMX); elsewhere it is emulated and slow."""
+    """bf16 autocast pays off on CUDA GPUs and on CPUs with bf16 in hardware; elsewhere it is emulated and slow.
+
+    On x86 that means AVX512-BF16 or AMX: oneDNN also "supports" bf16 on plain AVX512 by converting to fp32,
+    which is no faster than fp32 and less accurate.
+    """
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     if device.type == "cpu":
         try:
-            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+            if platform.machine().lower() in ("x86_64", "amd64", "x86", "i386", "i686"):
+                return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())  # Arm: bf16 instructions (e.g. Neoverse V1)
         except (AttributeError, RuntimeError):
             return False
     return False

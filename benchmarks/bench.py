@@ -5,7 +5,8 @@
 
 Peer: torchvision MNIST -> PIL Resize(32) -> ToTensor -> Normalize per image in a DataLoader, fp32, NCHW, batch 128.
 Ours: the whole split resized once and kept on the device, on-device augmentation, bf16 autocast, channels_last,
-batch 512 (train.py's defaults). Each is timed over --steps steps after --warmup untimed ones, synchronised.
+batch 512 (train.py's defaults); evaluation with batch norm folded into the convolutions, as test.py does.
+Each is timed over --steps steps after --warmup untimed ones, synchronised.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import data  # noqa: E402
-from model import ResNet18  # noqa: E402
+from model import ResNet18, fold_batchnorm  # noqa: E402
 from utils import ArgumentParser, autocast, bf16_supported, pick_device, positive_int, run_cli, synchronize  # noqa: E402
 
 TRAIN_GFLOP, FORWARD_GFLOP = 3.3, 1.1  # per 32x32 image: forward ~1.1 GFLOP, training step ~3x that
@@ -27,13 +28,14 @@ TRAIN_GFLOP, FORWARD_GFLOP = 3.3, 1.1  # per 32x32 image: forward ~1.1 GFLOP, tr
 
 def parse_args(argv=None):
     parser = ArgumentParser(description="Throughput of the peer pipeline vs ours.")
-    parser.add_argument("--device", default="auto")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     parser.add_argument("--data-dir", help="folder containing MNIST/raw (default: $MNIST_DATA_DIR, else ./data)")
     parser.add_argument("--steps", type=positive_int, default=50, help="timed steps per measurement")
     parser.add_argument("--warmup", type=positive_int, default=10, help="untimed steps first")
     parser.add_argument("--batch-size", type=positive_int, default=512, help="our training batch size")
     parser.add_argument("--eval-batch-size", type=positive_int, default=1000, help="our evaluation batch size")
-    parser.add_argument("--peer-batch-size", type=positive_int, default=128)
+    parser.add_argument("--peer-batch-size", type=positive_int, default=128, help="the peer pipeline's batch size")
+    parser.add_argument("--profile", action="store_true", help="also print where our steps' time goes, kernel by kernel")
     parser.add_argument("--peak-tflops", type=float, default=800.0, help="the GPU's bf16 matrix peak, for the ceiling column")
     return parser.parse_args(argv)
 
@@ -74,7 +76,21 @@ def images_per_second(step, batches, steps: int, warmup: int, device: torch.devi
     return count / (time.perf_counter() - started)
 
 
-def measure(device, batches_train, batches_eval, amp: bool, channels_last: bool, args) -> tuple[float, float]:
+def print_profile(title: str, step, batches, device: torch.device, steps: int = 3) -> None:
+    """The busiest kernels of a few steps (torch.profiler), by their own time on the device that runs them."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as profiler:
+        for _ in range(steps):
+            step(*next(batches))
+        synchronize(device)
+    sort_by = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    print(f"\n{title}, {steps} steps:\n{profiler.key_averages().table(sort_by=sort_by, row_limit=15)}")
+
+
+def measure(device, batches_train, batches_eval, amp: bool, channels_last: bool, fold: bool, args,
+            profile: bool = False) -> tuple[float, float]:
     torch.manual_seed(0)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model = ResNet18().to(device, memory_format=memory_format)
@@ -87,15 +103,19 @@ def measure(device, batches_train, batches_eval, amp: bool, channels_last: bool,
         loss.backward()
         optimizer.step()
 
+    model.train()
+    train = images_per_second(train_step, batches_train, args.steps, args.warmup, device)
+    inference_model = fold_batchnorm(model) if fold else model.eval()
+
     @torch.no_grad()
     def eval_step(x, y):
         with autocast(device, amp):
-            model(x).argmax(1)
+            inference_model(x).argmax(1)
 
-    model.train()
-    train = images_per_second(train_step, batches_train, args.steps, args.warmup, device)
-    model.eval()
     evaluate = images_per_second(eval_step, batches_eval, args.steps, args.warmup, device)
+    if profile:
+        print_profile(f"our training step (batch {args.batch_size})", train_step, batches_train, device)
+        print_profile(f"our evaluation step (batch {args.eval_batch_size})", eval_step, batches_eval, device)
     return train, evaluate
 
 
@@ -107,11 +127,12 @@ def main(argv=None) -> None:
     print(f"device: {name}; torch {torch.__version__}; {args.steps} timed steps after {args.warmup} warm-up")
 
     peer = measure(device, peer_batches(args.data_dir, True, args.peer_batch_size, device),
-                   peer_batches(args.data_dir, False, args.peer_batch_size, device), amp=False, channels_last=False, args=args)
+                   peer_batches(args.data_dir, False, args.peer_batch_size, device), amp=False, channels_last=False, fold=False, args=args)
     (train_x, train_y), _ = data.load_train_val(args.data_dir, 5000, None, device)
     test_x, test_y = data.load_test(args.data_dir, device)
     ours = measure(device, our_batches(train_x, train_y, args.batch_size, augment=True),
-                   our_batches(test_x, test_y, args.eval_batch_size, augment=False), amp=True, channels_last=True, args=args)
+                   our_batches(test_x, test_y, args.eval_batch_size, augment=False), amp=True, channels_last=True, fold=True, args=args,
+                   profile=args.profile)
 
     precision = "bf16 autocast" if bf16_supported(device) else "fp32 (no fast bf16 here)"
     rows = [("peer: PIL DataLoader, fp32, NCHW, batch 128", *peer), (f"ours: on-device, {precision}, channels_last", *ours)]

@@ -1,10 +1,14 @@
-"""The architecture is ResNet-18 with a CIFAR-style stem, and its checkpoints round-trip."""
+"""The architecture is ResNet-18 with a CIFAR-style stem, its checkpoints round-trip, bf16 only where it is native."""
 from __future__ import annotations
 
+import platform
+
+import pytest
 import torch
 import torchvision
 
-from model import ResNet18, load_checkpoint, load_model, save_checkpoint
+from model import ResNet18, fold_batchnorm, load_checkpoint, load_model, save_checkpoint
+from utils import autocast, bf16_supported
 
 
 def test_output_shape_and_parameter_count():
@@ -32,6 +36,23 @@ def test_structure_matches_torchvision_resnet18_apart_from_the_stem():
     assert differing == {"conv1.weight"}
 
 
+def test_folding_batch_norm_keeps_the_outputs_and_leaves_the_model_alone():
+    torch.manual_seed(0)
+    model = ResNet18()
+    with torch.no_grad():  # running statistics and affine parameters far from their initial 0/1, as after training
+        for bn in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+            for tensor, low, high in ((bn.running_mean, -0.5, 0.5), (bn.running_var, 0.5, 2.0), (bn.weight, 0.5, 1.5), (bn.bias, -0.2, 0.2)):
+                tensor.uniform_(low, high)
+    images = torch.randn(8, 1, 32, 32)
+    folded = fold_batchnorm(model)
+    assert model.training, "folding must not switch the training model to eval mode"
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    with torch.no_grad():
+        expected = model.eval()(images)
+        torch.testing.assert_close(folded(images), expected, rtol=1e-4, atol=1e-4)
+        assert expected.std() > 0.1  # the comparison is not between two near-zero outputs
+
+
 def test_checkpoint_round_trip_keeps_weights_and_metadata(tmp_path):
     model = ResNet18()
     save_checkpoint(tmp_path / "w.pt", model, epoch=3, metrics={"val_acc": 0.5}, args={"lr": 0.1})
@@ -49,3 +70,18 @@ def test_checkpoint_of_a_ddp_or_compiled_model_has_plain_keys(tmp_path):
     wrapped.module = ResNet18()  # what DistributedDataParallel looks like from outside
     save_checkpoint(tmp_path / "w.pt", wrapped)
     assert all(not key.startswith("module.") for key in load_checkpoint(tmp_path / "w.pt")["model"])
+
+
+@pytest.mark.parametrize("avx512_bf16, amx, expected", [(True, False, True), (False, True, True), (False, False, False)])
+def test_cpu_bf16_only_where_the_cpu_has_it_in_hardware(monkeypatch, avx512_bf16, amx, expected):
+    # Plain AVX512 makes oneDNN report bf16 "supported" (emulated, no faster than fp32): that must not count.
+    monkeypatch.setattr(platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    cpu = torch.device("cpu")
+    assert bf16_supported(cpu) is expected
+    with autocast(cpu, enabled=True):
+        assert torch.is_autocast_enabled("cpu") is expected
+    with autocast(cpu, enabled=False):
+        assert not torch.is_autocast_enabled("cpu")

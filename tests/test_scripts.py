@@ -39,7 +39,11 @@ def test_train_learns_and_writes_checkpoints_metrics_and_curves(trained):
 
 
 def independent_test_accuracy(weights, mnist_dir) -> int:
-    """Correct test predictions computed without test.py's code path: torchvision's dataset, our model class."""
+    """Correct test predictions computed without test.py's code path: torchvision's dataset, our model class, fp32.
+
+    fp32 on both sides, because in bf16 test.py's folded batch norm rounds differently from this unfolded model
+    and a weak test-suite model has enough close calls for a few predictions to flip (9,132 vs 9,137 correct, seen).
+    """
     checkpoint = torch.load(weights, map_location="cpu", weights_only=True)
     model = ResNet18()
     model.load_state_dict(checkpoint["model"])
@@ -48,14 +52,14 @@ def independent_test_accuracy(weights, mnist_dir) -> int:
     x = F.interpolate(dataset.data.float().div(255).unsqueeze(1), size=32, mode="bilinear", align_corners=False).clamp(0, 1)
     x = (x - checkpoint["normalization"]["mean"]) / checkpoint["normalization"]["std"]
     correct = 0
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.no_grad():
         for start in range(0, len(x), 1000):
             correct += (model(x[start : start + 1000]).argmax(1) == dataset.targets[start : start + 1000]).sum().item()
     return correct
 
 
 def test_test_py_accuracy_equals_an_independent_computation(trained, mnist_dir, tmp_path):
-    result = run_script("test.py", "--weights", str(trained / "best.pt"), "--out-dir", str(tmp_path), "--data-dir", str(mnist_dir), "--device", "cpu")
+    result = run_script("test.py", "--weights", str(trained / "best.pt"), "--out-dir", str(tmp_path), "--data-dir", str(mnist_dir), "--device", "cpu", "--no-amp")
     assert result.returncode == 0, result.stderr
     match = re.search(r"test accuracy: ([\d.]+)% \((\d+)/10000", result.stdout)
     assert match, result.stdout
