@@ -24,7 +24,7 @@ from model import ResNet18, evaluate, load_checkpoint, save_checkpoint, unwrap
 from utils import (ArgumentParser, UserError, atomic_write, autocast, bf16_supported, non_negative_int, pick_device,
                    positive_float, positive_int, pyplot, run_cli, save_figure, synchronize)
 
-METRICS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds"]
+METRICS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc", "lr", "seconds"]
 # Flags that describe where and how to run rather than what to train: --resume keeps these from the command line.
 RUNTIME_FLAGS = {"device", "data_dir", "out_dir", "resume"}
 
@@ -45,6 +45,8 @@ def parse_args(argv: list[str] | None = None):
     dataset.add_argument("--data-dir", help="folder containing MNIST/raw (default: $MNIST_DATA_DIR, else ./data; downloaded if missing)")
     dataset.add_argument("--val-size", type=non_negative_int, default=5000, help="training images held out to pick best.pt (0: train on all)")
     dataset.add_argument("--subset", type=positive_int, help="train on only the first N training images, for quick runs")
+    dataset.add_argument("--test-each-epoch", action="store_true",
+                         help="also record test-set accuracy after every epoch, for learning curves; best.pt is still chosen on validation")
     run = parser.add_argument_group("running")
     run.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     run.add_argument("--out-dir", default="checkpoints", help="where checkpoints, metrics.csv and curves.png go")
@@ -119,13 +121,14 @@ def plot_curves(path: Path, history: list[dict]) -> None:
     plt = pyplot()
     epochs = [row["epoch"] for row in history]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
-    for key, label in (("train", "train (augmented, label-smoothed)"), ("val", "validation")):
-        if any(row[f"{key}_loss"] != "" for row in history):
+    for key, label in (("train", "train (augmented, label-smoothed)"), ("val", "validation"), ("test", "test (not used to choose)")):
+        if any(row.get(f"{key}_loss", "") != "" for row in history):
             ax_loss.plot(epochs, [row[f"{key}_loss"] for row in history], "o-", label=label)
             ax_acc.plot(epochs, [100 * row[f"{key}_acc"] for row in history], "o-", label=label)
     ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="loss", yscale="log")
     ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
     for ax in (ax_loss, ax_acc):
+        ax.xaxis.get_major_locator().set_params(integer=True)  # epochs, not 1.2, 1.4, ...
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
@@ -156,6 +159,7 @@ def main(argv: list[str] | None = None) -> torch.nn.Module | None:
     torch.manual_seed(args.seed)
 
     (train_x, train_y), (val_x, val_y) = data.load_train_val(args.data_dir, args.val_size, args.subset, device)
+    test_x, test_y = data.load_test(args.data_dir, device) if args.test_each_epoch else (None, None)
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
     model = ResNet18().to(device, memory_format=memory_format)
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum, nesterov=args.momentum > 0, weight_decay=args.weight_decay)
@@ -183,6 +187,12 @@ def main(argv: list[str] | None = None) -> torch.nn.Module | None:
     sync_every = 1 if device.type == "cpu" else 20  # reading a GPU value stalls its queue; on CPU it costs nothing
     show_bar = is_main and sys.stderr.isatty()
     stop = install_stop_handlers()
+
+    def loss_and_accuracy(images: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
+        """Over all ranks: each evaluates its share and the sums are added up."""
+        result = evaluate(unwrap(model), data.batches(images, labels, args.eval_batch_size, rank=rank, world_size=world_size), amp)
+        loss_sum, correct, count = all_reduce_sum(result["loss_sum"], result["correct"], torch.tensor(result["count"], device=device))
+        return loss_sum.item() / count.item(), correct.item() / count.item()
 
     def state(epoch: int, step: int, partial: dict | None) -> dict:
         return dict(
@@ -253,13 +263,13 @@ def main(argv: list[str] | None = None) -> torch.nn.Module | None:
         average_batchnorm_statistics(model, world_size)
 
         row = {"epoch": epoch + 1, "train_loss": train_loss.item() / train_count.item(), "train_acc": train_correct.item() / train_count.item(),
-               "val_loss": "", "val_acc": "", "lr": scheduler.get_last_lr()[0]}
+               "val_loss": "", "val_acc": "", "test_loss": "", "test_acc": "", "lr": scheduler.get_last_lr()[0]}
         if len(val_x):
-            val = evaluate(unwrap(model), data.batches(val_x, val_y, args.eval_batch_size, rank=rank, world_size=world_size), amp)
-            val_loss, val_correct, val_count = all_reduce_sum(val["loss_sum"], val["correct"], torch.tensor(val["count"], device=device))
-            row.update(val_loss=val_loss.item() / val_count.item(), val_acc=val_correct.item() / val_count.item())
+            row["val_loss"], row["val_acc"] = loss_and_accuracy(val_x, val_y)
         synchronize(device)
-        row["seconds"] = round(time.perf_counter() - started, 3)
+        row["seconds"] = round(time.perf_counter() - started, 3)  # training and validation; the test pass is extra
+        if args.test_each_epoch:
+            row["test_loss"], row["test_acc"] = loss_and_accuracy(test_x, test_y)
         history.append(row)
 
         if is_main:
@@ -272,6 +282,8 @@ def main(argv: list[str] | None = None) -> torch.nn.Module | None:
             write_metrics_csv(out_dir / "metrics.csv", history)
             plot_curves(out_dir / "curves.png", history)
             val_text = f"val loss {row['val_loss']:.4f} acc {100 * row['val_acc']:.2f}%{' *' if improved else ''}" if row["val_acc"] != "" else "no validation"
+            if row["test_acc"] != "":
+                val_text += f"  test acc {100 * row['test_acc']:.2f}%"
             print(f"epoch {epoch + 1:>3}/{args.epochs}  train loss {row['train_loss']:.4f} acc {100 * row['train_acc']:.2f}%  "
                   f"{val_text}  lr {row['lr']:.4f}  {row['seconds']:.1f}s", flush=True)
         if stop["signal"] is not None:  # arrived during validation: the epoch is complete and saved

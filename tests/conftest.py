@@ -38,7 +38,7 @@ def mnist_dir() -> Path:
 def trained(tmp_path_factory, mnist_dir) -> Path:
     """Train once on a small subset; several tests read the checkpoints it writes."""
     out = tmp_path_factory.mktemp("trained")
-    result = run_script("train.py", *QUICK_RECIPE, "--out-dir", str(out), "--data-dir", str(mnist_dir))
+    result = run_script("train.py", *QUICK_RECIPE, "--test-each-epoch", "--out-dir", str(out), "--data-dir", str(mnist_dir))
     assert result.returncode == 0, result.stderr
     (out / "train_stdout.txt").write_text(result.stdout)
     return out

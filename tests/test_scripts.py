@@ -28,8 +28,8 @@ def test_train_learns_and_writes_checkpoints_metrics_and_curves(trained):
     assert (trained / "curves.png").read_bytes()[:8] == PNG_MAGIC
     rows = list(csv.DictReader(open(trained / "metrics.csv")))
     assert [int(r["epoch"]) for r in rows] == [1, 2]
-    assert set(rows[0]) == {"epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds"}
-    assert float(rows[-1]["val_acc"]) > 0.8, rows  # chance is 0.1
+    assert set(rows[0]) == {"epoch", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc", "lr", "seconds"}
+    assert float(rows[-1]["val_acc"]) > 0.8 and float(rows[-1]["test_acc"]) > 0.8, rows  # chance is 0.1
     assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
     last = torch.load(trained / "last.pt", weights_only=True)
     assert last["epoch"] == 2 and last["step"] == 0 and "optimizer" in last and "scheduler" in last
@@ -70,6 +70,16 @@ def test_test_py_accuracy_equals_an_independent_computation(trained, mnist_dir, 
     assert sum(report["confusion_matrix"][i][i] for i in range(10)) == int(match.group(2))
     assert [c["support"] for c in report["per_class"]] == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
     assert (tmp_path / "confusion_matrix.png").read_bytes()[:8] == PNG_MAGIC
+
+
+def test_per_epoch_test_accuracy_is_what_test_py_reports_for_that_epoch(trained, mnist_dir, tmp_path):
+    rows = list(csv.DictReader(open(trained / "metrics.csv")))
+    best_epoch = torch.load(trained / "best.pt", weights_only=True)["epoch"]
+    result = run_script("test.py", "--weights", str(trained / "best.pt"), "--out-dir", str(tmp_path), "--data-dir", str(mnist_dir), "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    correct = int(re.search(r"test accuracy: [\d.]+% \((\d+)/10000", result.stdout).group(1))
+    assert round(10000 * float(rows[best_epoch - 1]["test_acc"])) == correct
+    assert f"test acc {100 * float(rows[-1]['test_acc']):.2f}%" in (trained / "train_stdout.txt").read_text()
 
 
 def test_predict_py_draws_a_grid(trained, mnist_dir, tmp_path):
