@@ -31,3 +31,18 @@ def test_bf16_and_fp32_predictions_agree_on_the_test_set(trained, mnist_dir):
     assert int(match.group(1)) <= 20, result.stdout  # 1%, for a weak 2-epoch model with many close calls
     accuracies = [float(a) for a in re.findall(r"\| (?:fp32|bf16 autocast) \| ([\d.]+)% \|", result.stdout)]
     assert len(accuracies) == 2 and abs(accuracies[0] - accuracies[1]) <= 1.0, result.stdout
+
+
+def test_the_flop_counts_behind_the_ceiling_column_are_the_models():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from benchmarks.bench import FORWARD_GFLOP, TRAIN_GFLOP
+    from model import ResNet18
+
+    model = ResNet18()
+    with FlopCounterMode(display=False) as forward:
+        model.eval()(torch.randn(1, 1, 32, 32))
+    with FlopCounterMode(display=False) as training:
+        model.train()(torch.randn(2, 1, 32, 32)).sum().backward()
+    assert forward.get_total_flops() / 1e9 == pytest.approx(FORWARD_GFLOP, rel=0.01)
+    assert training.get_total_flops() / 2e9 == pytest.approx(TRAIN_GFLOP, rel=0.01)

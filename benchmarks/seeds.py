@@ -1,0 +1,123 @@
+"""Accuracy over several seeds: train.py and test.py once per seed, then one table of the spread.
+
+    python benchmarks/seeds.py                                # seeds 0 1 2 of the default recipe, in runs/seed0..2
+    python benchmarks/seeds.py --seeds 0 1 2 3 4 -- --epochs 20   # flags after -- go to train.py
+
+Each seed runs `python train.py --seed S --test-each-epoch --out-dir OUT/seedS` (test accuracy recorded after every
+epoch, never used to choose best.pt, which is chosen on validation), then `python test.py` on its best.pt. The
+summary (Markdown, printed and written to OUT/summary.md) gives per seed the wall clock of the whole train.py
+command, its training seconds, the chosen epoch, validation and test accuracy, and the training seconds until the
+test accuracy first reached --target; then min/mean/max over seeds and the mean test accuracy after each epoch.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from utils import ArgumentParser, UserError, run_cli  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+OWN_FLAGS = ("--seed", "--out-dir", "--test-each-epoch")  # set per seed by this script
+
+
+def parse_args(argv: list[str] | None = None):
+    argv = sys.argv[1:] if argv is None else argv
+    own, train_args = (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if "--" in argv else (argv, [])
+    parser = ArgumentParser(description="Train and test one run per seed; print the spread of test accuracy and the time to a target.",
+                            epilog="Flags after -- go to train.py, e.g. -- --epochs 20 --batch-size 1024.")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="one run per seed, one after another")
+    parser.add_argument("--out-dir", default="runs", help="each seed's run goes to OUT_DIR/seedN, the summary to OUT_DIR/summary.md")
+    parser.add_argument("--target", type=float, default=99.5, help="test accuracy (%%) whose time to reach is reported")
+    parser.add_argument("--data-dir", help="folder containing MNIST/raw (default: $MNIST_DATA_DIR, else ./data)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    args = parser.parse_args(own)
+    clashes = [flag for flag in train_args if flag.split("=")[0] in OWN_FLAGS]
+    if clashes:
+        raise UserError(f"{', '.join(clashes)} after -- is set by this script for each seed; use --seeds / --out-dir instead")
+    args.train_args = train_args
+    return args
+
+
+def run_child(command: list[str], what: str) -> None:
+    """Run a script in the foreground; on Ctrl-C it stops itself (train.py saves last.pt first) and so does this one."""
+    # A handler, not SIG_IGN: ignoring would be inherited by the child, and Ctrl-C must reach it.
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: None)
+    try:
+        returncode = subprocess.run(command).returncode
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if returncode in (128 + signal.SIGINT, 128 + signal.SIGTERM):
+        raise UserError(f"{what} was interrupted (its output is above)", exit_code=returncode)
+    if returncode:
+        raise UserError(f"{what} failed (its output is above)", exit_code=1)
+
+
+def run_seed(seed: int, run_dir: Path, args) -> float:
+    """Train and test one seed as a user would (separate processes); returns train.py's wall-clock seconds."""
+    common = ["--device", args.device] + (["--data-dir", args.data_dir] if args.data_dir else [])
+    train = [sys.executable, str(ROOT / "train.py"), "--seed", str(seed), "--test-each-epoch", "--out-dir", str(run_dir), *common, *args.train_args]
+    test = [sys.executable, str(ROOT / "test.py"), "--weights", str(run_dir / "best.pt"), "--out-dir", str(run_dir), *common]
+    print(f"\n=== seed {seed}: {' '.join(train[1:])}", flush=True)
+    started = time.perf_counter()
+    run_child(train, f"train.py for seed {seed}")
+    wall = time.perf_counter() - started
+    run_child(test, f"test.py for seed {seed}")
+    return wall
+
+
+def percent(fraction: float) -> str:
+    return f"{100 * fraction:.2f}%"
+
+
+def summarise(runs: dict[int, Path], wall_seconds: dict[int, float], target: float) -> str:
+    """The Markdown summary of finished runs: {seed: run folder with metrics.csv and test_report.json}."""
+    rows, per_epoch = [], {}
+    for seed, run_dir in runs.items():
+        history = list(csv.DictReader(open(run_dir / "metrics.csv")))
+        report = json.loads((run_dir / "test_report.json").read_text())
+        elapsed, reached = 0.0, "not reached"
+        for row in history:
+            elapsed += float(row["seconds"])
+            per_epoch.setdefault(int(row["epoch"]), []).append((float(row["test_acc"]), elapsed))
+            if reached == "not reached" and 100 * float(row["test_acc"]) >= target:
+                reached = f"{elapsed:.1f} (epoch {row['epoch']})"
+        chosen = history[report["epoch"] - 1]
+        rows.append((seed, wall_seconds.get(seed), elapsed, report["epoch"], float(chosen["val_acc"]), report["accuracy"], reached))
+
+    lines = [f"| seed | train.py wall s | training s | chosen epoch | val acc | test acc | training s to {target}% test |",
+             "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for seed, wall, training, epoch, val, test, reached in rows:
+        lines.append(f"| {seed} | {'' if wall is None else f'{wall:.1f}'} | {training:.1f} | {epoch} | {percent(val)} | {percent(test)} | {reached} |")
+    tests = [row[5] for row in rows]
+    lines += ["", "(train.py wall s: the whole command, start-up, data loading and the per-epoch test passes included; "
+                  "training s: the sum of metrics.csv's `seconds`, training and validation.)",
+              "", f"**test accuracy over {len(tests)} seed{'s' if len(tests) > 1 else ''}: min {percent(min(tests))}, mean {percent(statistics.mean(tests))}, "
+                  f"max {percent(max(tests))}** (best.pt of each, chosen on validation)", "",
+              "| epoch | mean test acc | min | max | mean training s so far |", "| ---: | ---: | ---: | ---: | ---: |"]
+    for epoch, values in sorted(per_epoch.items()):
+        accuracies = [acc for acc, _ in values]
+        lines.append(f"| {epoch} | {percent(statistics.mean(accuracies))} | {percent(min(accuracies))} | {percent(max(accuracies))} | "
+                     f"{statistics.mean(s for _, s in values):.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    out_dir = Path(args.out_dir)
+    runs = {seed: out_dir / f"seed{seed}" for seed in args.seeds}
+    wall_seconds = {seed: run_seed(seed, run_dir, args) for seed, run_dir in runs.items()}
+    summary = summarise(runs, wall_seconds, args.target)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "summary.md").write_text(f"train.py flags: {' '.join(args.train_args) or '(defaults)'}\n\n{summary}")
+    print(f"\n{summary}\nwrote {out_dir / 'summary.md'}")
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,79 @@
+"""benchmarks/seeds.py: the spread over seeds and the time to a target accuracy are computed right, end to end too."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+
+import torch
+
+from benchmarks.seeds import summarise
+from conftest import ROOT, run_script
+
+
+def fake_run(folder, test_accs, seconds, val_accs, chosen_epoch, test_acc_of_chosen):
+    """A run folder as train.py --test-each-epoch and test.py leave it (only the fields the summary reads)."""
+    folder.mkdir()
+    with open(folder / "metrics.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["epoch", "val_acc", "test_acc", "seconds"])
+        writer.writeheader()
+        for epoch, (test, secs, val) in enumerate(zip(test_accs, seconds, val_accs), start=1):
+            writer.writerow({"epoch": epoch, "val_acc": val, "test_acc": test, "seconds": secs})
+    (folder / "test_report.json").write_text(json.dumps({"epoch": chosen_epoch, "accuracy": test_acc_of_chosen}))
+    return folder
+
+
+def test_summary_of_two_seeds(tmp_path):
+    runs = {
+        0: fake_run(tmp_path / "a", [0.990, 0.9956, 0.9970], [2.0, 2.5, 3.0], [0.98, 0.99, 0.995], 3, 0.9970),
+        7: fake_run(tmp_path / "b", [0.985, 0.9940, 0.9930], [4.0, 4.0, 4.0], [0.97, 0.992, 0.991], 2, 0.9940),
+    }
+    text = summarise(runs, {0: 30.3, 7: 41.0}, target=99.5)
+    assert "| 0 | 30.3 | 7.5 | 3 | 99.50% | 99.70% | 4.5 (epoch 2) |" in text
+    assert "| 7 | 41.0 | 12.0 | 2 | 99.20% | 99.40% | not reached |" in text
+    assert "min 99.40%, mean 99.55%, max 99.70%" in text
+    assert "| 2 | 99.48% | 99.40% | 99.56% | 6.2 |" in text  # epoch 2: accs 99.56/99.40, cumulative seconds 4.5/8.0
+
+
+def test_flags_it_sets_itself_are_refused_after_the_separator():
+    result = run_script("benchmarks/seeds.py", "--", "--epochs", "1", "--seed=3")
+    assert result.returncode == 2 and result.stderr.startswith("error: --seed=3 after -- is set by this script"), result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_one_seed_end_to_end(tmp_path, mnist_dir):
+    result = run_script("benchmarks/seeds.py", "--seeds", "5", "--device", "cpu", "--data-dir", str(mnist_dir), "--out-dir", str(tmp_path),
+                        "--", "--epochs", "1", "--subset", "512", "--val-size", "256", "--batch-size", "64")
+    assert result.returncode == 0, result.stderr
+    run = tmp_path / "seed5"
+    report = json.loads((run / "test_report.json").read_text())
+    assert report["count"] == 10000 and report["epoch"] == 1
+    test_acc = report["accuracy"]
+    summary = (tmp_path / "summary.md").read_text()
+    assert summary.startswith("train.py flags: --epochs 1 --subset 512 --val-size 256 --batch-size 64")
+    row = re.search(r"^\| 5 \| ([\d.]+) \| ([\d.]+) \| 1 \| [\d.]+% \| ([\d.]+)% \|", summary, re.M)
+    assert row, summary
+    assert float(row.group(3)) == round(100 * test_acc, 2)
+    assert float(row.group(1)) > float(row.group(2)) > 0  # the whole command includes start-up and data loading
+
+
+def test_ctrl_c_reaches_train_py_which_saves_before_both_stop(tmp_path, mnist_dir):
+    """Ctrl-C in a terminal signals the whole foreground process group: seeds.py must wait while train.py saves."""
+    process = subprocess.Popen([sys.executable, str(ROOT / "benchmarks/seeds.py"), "--seeds", "0", "--device", "cpu", "--data-dir", str(mnist_dir),
+                                "--out-dir", str(tmp_path), "--", "--epochs", "1", "--subset", "2048", "--val-size", "256", "--batch-size", "32"],
+                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    for line in process.stdout:
+        if line.startswith("ResNet-18 ("):  # train.py is about to take its first step
+            break
+    os.killpg(process.pid, signal.SIGINT)
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 130, stderr
+    assert stderr.rstrip().endswith("error: train.py for seed 0 was interrupted (its output is above)"), stderr
+    last = torch.load(tmp_path / "seed0" / "last.pt", weights_only=True)
+    assert last["epoch"] == 0 and 1 <= last["step"] < 64, last["step"]  # saved mid-epoch, resumable
+    assert not (tmp_path / "seed0" / "test_report.json").exists() and not (tmp_path / "summary.md").exists()
