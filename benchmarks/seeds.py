@@ -78,9 +78,12 @@ def percent(fraction: float) -> str:
 
 def summarise(runs: dict[int, Path], wall_seconds: dict[int, float], target: float) -> str:
     """The Markdown summary of finished runs: {seed: run folder with metrics.csv and test_report.json}."""
-    rows, per_epoch = [], {}
+    lines = [f"| seed | train.py wall s | training s | chosen epoch | val acc | test acc | training s to {target}% test |",
+             "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    tests, per_epoch = [], {}
     for seed, run_dir in runs.items():
-        history = list(csv.DictReader(open(run_dir / "metrics.csv")))
+        with open(run_dir / "metrics.csv", newline="") as f:
+            history = list(csv.DictReader(f))
         report = json.loads((run_dir / "test_report.json").read_text())
         elapsed, reached = 0.0, "not reached"
         for row in history:
@@ -88,14 +91,10 @@ def summarise(runs: dict[int, Path], wall_seconds: dict[int, float], target: flo
             per_epoch.setdefault(int(row["epoch"]), []).append((float(row["test_acc"]), elapsed))
             if reached == "not reached" and 100 * float(row["test_acc"]) >= target:
                 reached = f"{elapsed:.1f} (epoch {row['epoch']})"
-        chosen = history[report["epoch"] - 1]
-        rows.append((seed, wall_seconds.get(seed), elapsed, report["epoch"], float(chosen["val_acc"]), report["accuracy"], reached))
-
-    lines = [f"| seed | train.py wall s | training s | chosen epoch | val acc | test acc | training s to {target}% test |",
-             "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    for seed, wall, training, epoch, val, test, reached in rows:
-        lines.append(f"| {seed} | {'' if wall is None else f'{wall:.1f}'} | {training:.1f} | {epoch} | {percent(val)} | {percent(test)} | {reached} |")
-    tests = [row[5] for row in rows]
+        val_acc = float(history[report["epoch"] - 1]["val_acc"])
+        tests.append(report["accuracy"])
+        lines.append(f"| {seed} | {wall_seconds[seed]:.1f} | {elapsed:.1f} | {report['epoch']} | {percent(val_acc)} | "
+                     f"{percent(report['accuracy'])} | {reached} |")
     lines += ["", "(train.py wall s: the whole command, start-up, data loading and the per-epoch test passes included; "
                   "training s: the sum of metrics.csv's `seconds`, training and validation.)",
               "", f"**test accuracy over {len(tests)} seed{'s' if len(tests) > 1 else ''}: min {percent(min(tests))}, mean {percent(statistics.mean(tests))}, "
