@@ -5,7 +5,8 @@
 
 Peer: torchvision MNIST -> PIL Resize(32) -> ToTensor -> Normalize per image in a DataLoader, fp32, NCHW, batch 128.
 Ours: the whole split resized once and kept on the device, on-device augmentation, bf16 autocast, channels_last,
-batch 512 (train.py's defaults); evaluation with batch norm folded into the convolutions, as test.py does.
+batch 512, on CUDA fused SGD and the step replayed as CUDA graphs (train.py's defaults; a second row without the
+graphs); evaluation with batch norm folded into the convolutions, as test.py does.
 Each is timed over --steps steps after --warmup untimed ones, synchronised.
 """
 from __future__ import annotations
@@ -20,7 +21,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import data  # noqa: E402
-from model import ResNet18, fold_batchnorm  # noqa: E402
+from model import ResNet18, fold_batchnorm, graph_training_step  # noqa: E402
 from utils import ArgumentParser, autocast, bf16_supported, pick_device, positive_int, run_cli, synchronize  # noqa: E402
 
 TRAIN_GFLOP, FORWARD_GFLOP = 3.32, 1.11  # per 32x32 image, counted with torch.utils.flop_counter.FlopCounterMode
@@ -57,9 +58,11 @@ def peer_batches(data_dir, train: bool, batch_size: int, device: torch.device):
 
 
 def our_batches(images, labels, batch_size: int, augment: bool):
+    """Full batches only (train.py runs an epoch's short last batch without the graphs)."""
     epoch = 0
     while True:
-        yield from data.batches(images, labels, batch_size, shuffle=augment, augment=augment, epoch=epoch)
+        yield from (batch for batch in data.batches(images, labels, batch_size, shuffle=augment, augment=augment, epoch=epoch)
+                    if len(batch[1]) == batch_size)
         epoch += 1
 
 
@@ -89,23 +92,26 @@ def print_profile(title: str, step, batches, device: torch.device, steps: int = 
     print(f"\n{title}, {steps} steps:\n{profiler.key_averages().table(sort_by=sort_by, row_limit=15)}")
 
 
-def measure(device, batches_train, batches_eval, amp: bool, channels_last: bool, fold: bool, args,
+def measure(device, batches_train, batches_eval, ours: bool, args, graphs: bool = False,
             profile: bool = False) -> tuple[float, float]:
+    """(train, eval) images/s; `ours` is train.py's settings (bf16, channels_last, fused SGD, folded BN), else the peer's."""
     torch.manual_seed(0)
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    model = ResNet18().to(device, memory_format=memory_format)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    amp = ours
+    model = ResNet18().to(device, memory_format=torch.channels_last if ours else torch.contiguous_format)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4,
+                                fused=ours and device.type == "cuda")
+    forward = graph_training_step(model, next(batches_train)[0], amp) if graphs else model
 
     def train_step(x, y):
         with autocast(device, amp):
-            loss = F.cross_entropy(model(x), y, label_smoothing=0.1)
+            loss = F.cross_entropy(forward(x), y, label_smoothing=0.1)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
 
     model.train()
     train = images_per_second(train_step, batches_train, args.steps, args.warmup, device)
-    inference_model = fold_batchnorm(model) if fold else model.eval()
+    inference_model = fold_batchnorm(model) if ours else model.eval()
 
     @torch.no_grad()
     def eval_step(x, y):
@@ -127,22 +133,28 @@ def main(argv=None) -> None:
     print(f"device: {name}; torch {torch.__version__}; {args.steps} timed steps after {args.warmup} warm-up")
 
     peer = measure(device, peer_batches(args.data_dir, True, args.peer_batch_size, device),
-                   peer_batches(args.data_dir, False, args.peer_batch_size, device), amp=False, channels_last=False, fold=False, args=args)
+                   peer_batches(args.data_dir, False, args.peer_batch_size, device), ours=False, args=args)
     (train_x, train_y), _ = data.load_train_val(args.data_dir, 5000, None, device)
     test_x, test_y = data.load_test(args.data_dir, device)
-    ours = measure(device, our_batches(train_x, train_y, args.batch_size, augment=True),
-                   our_batches(test_x, test_y, args.eval_batch_size, augment=False), amp=True, channels_last=True, fold=True, args=args,
-                   profile=args.profile)
 
+    def measure_ours(graphs: bool, profile: bool = False) -> tuple[float, float]:
+        return measure(device, our_batches(train_x, train_y, args.batch_size, augment=True),
+                       our_batches(test_x, test_y, args.eval_batch_size, augment=False), ours=True, args=args, graphs=graphs, profile=profile)
+
+    on_gpu = device.type == "cuda"
     precision = "bf16 autocast" if bf16_supported(device) else "fp32 (no fast bf16 here)"
-    rows = [("peer: PIL DataLoader, fp32, NCHW, batch 128", *peer), (f"ours: on-device, {precision}, channels_last", *ours)]
-    on_gpu = device.type == "cuda"  # a FLOP ceiling only where --peak-tflops describes the device
+    rows = [("peer: PIL DataLoader, fp32, NCHW, batch 128", *peer),
+            (f"ours: on-device, {precision}, channels_last{', eager' if on_gpu else ''}", *measure_ours(graphs=False, profile=args.profile))]
+    if on_gpu:  # train.py's default there
+        rows.append(("ours + CUDA graphs", *measure_ours(graphs=True)))
+    # A FLOP ceiling only on the GPU, where --peak-tflops describes the device.
     print(f"\n| pipeline | train images/s | eval images/s |{' train % of FLOP ceiling | eval % of FLOP ceiling |' if on_gpu else ''}")
     print(f"| --- | ---: | ---: |{' ---: | ---: |' if on_gpu else ''}")
     for label, train, evaluate in rows:
         ceiling = "".join(f" {100 * rate * gflop / (args.peak_tflops * 1e3):.1f}% |" for rate, gflop in ((train, TRAIN_GFLOP), (evaluate, FORWARD_GFLOP)))
         print(f"| {label} | {train:,.0f} | {evaluate:,.0f} |{ceiling if on_gpu else ''}")
-    print(f"| ratio ours / peer | {ours[0] / peer[0]:.2f}x | {ours[1] / peer[1]:.2f}x |{' | |' if on_gpu else ''}")
+    best = rows[-1]
+    print(f"| ratio ours / peer | {best[1] / peer[0]:.2f}x | {best[2] / peer[1]:.2f}x |{' | |' if on_gpu else ''}")
 
 
 if __name__ == "__main__":

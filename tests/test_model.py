@@ -5,9 +5,10 @@ import platform
 
 import pytest
 import torch
+import torch.nn.functional as F
 import torchvision
 
-from model import ResNet18, fold_batchnorm, load_checkpoint, load_model, save_checkpoint
+from model import ResNet18, fold_batchnorm, graph_training_step, load_checkpoint, load_model, save_checkpoint
 from utils import autocast, bf16_supported
 
 
@@ -34,6 +35,23 @@ def test_structure_matches_torchvision_resnet18_apart_from_the_stem():
     assert ours.keys() == reference.keys()
     differing = {name for name in ours if ours[name] != reference[name]}
     assert differing == {"conv1.weight"}
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU (CI has none; run this where there is one)")
+def test_a_graphed_training_step_computes_the_gradients_of_the_plain_model():
+    torch.manual_seed(0)
+    device = torch.device("cuda")
+    model = ResNet18().to(device, memory_format=torch.channels_last)
+    x, y = torch.randn(64, 1, 32, 32, device=device), torch.randint(0, 10, (64,), device=device)
+    statistics = {name: buffer.clone() for name, buffer in model.named_buffers()}
+    graphed = graph_training_step(model, x.clone(), amp=False)
+    assert all(torch.equal(buffer, statistics[name]) for name, buffer in model.named_buffers())  # capture left them as they were
+    gradients = []
+    for forward in (model, graphed):
+        model.zero_grad(set_to_none=True)
+        F.cross_entropy(forward(x), y).backward()
+        gradients.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    assert (gradients[0] - gradients[1]).norm() / gradients[0].norm() < 1e-3
 
 
 def test_folding_batch_norm_keeps_the_outputs_and_leaves_the_model_alone():

@@ -79,6 +79,8 @@ def test_per_epoch_test_accuracy_is_what_test_py_reports_for_that_epoch(trained,
     assert result.returncode == 0, result.stderr
     correct = int(re.search(r"test accuracy: [\d.]+% \((\d+)/10000", result.stdout).group(1))
     assert round(10000 * float(rows[best_epoch - 1]["test_acc"])) == correct
+    # best.pt is the epoch with the highest validation accuracy, the later one on a tie.
+    assert best_epoch == max(range(1, len(rows) + 1), key=lambda epoch: (float(rows[epoch - 1]["val_acc"]), epoch))
     assert f"test acc {100 * float(rows[-1]['test_acc']):.2f}%" in (trained / "train_stdout.txt").read_text()
 
 
