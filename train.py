@@ -166,7 +166,8 @@ def main(argv: list[str] | None = None) -> torch.nn.Module | None:
     model = ResNet18().to(device, memory_format=memory_format)
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum, nesterov=args.momentum > 0,
                                 weight_decay=args.weight_decay, fused=device.type == "cuda")  # one kernel for all parameters
-    steps_per_epoch = len(data.batch_bounds(len(train_x), args.batch_size, world_size))
+    batch_bounds = data.batch_bounds(len(train_x), args.batch_size, world_size)
+    steps_per_epoch = len(batch_bounds)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=args.lr, total_steps=args.epochs * steps_per_epoch, pct_start=args.warmup, cycle_momentum=False
     )
@@ -184,7 +185,7 @@ def main(argv: list[str] | None = None) -> torch.nn.Module | None:
     amp = args.amp and bf16_supported(device)
     graphed = {}  # batch size -> the training step captured as CUDA graphs: full batches and an epoch's shorter last one
     if args.cuda_graphs and device.type == "cuda" and world_size == 1:
-        for size in sorted({end - start for start, end in data.batch_bounds(len(train_x), args.batch_size)}):
+        for size in sorted({end - start for start, end in batch_bounds}):
             graphed[size] = graph_training_step(model, data.normalize(train_x[:size]), amp)
     if world_size > 1:
         if args.sync_bn:

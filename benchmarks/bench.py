@@ -58,7 +58,7 @@ def peer_batches(data_dir, train: bool, batch_size: int, device: torch.device):
 
 
 def our_batches(images, labels, batch_size: int, augment: bool):
-    """Full batches only (train.py runs an epoch's short last batch without the graphs)."""
+    """Full batches only, so that one captured graph serves every step (train.py captures a second for the short last batch)."""
     epoch = 0
     while True:
         yield from (batch for batch in data.batches(images, labels, batch_size, shuffle=augment, augment=augment, epoch=epoch)
