@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import os
+import shlex
 import signal
 import sys
 import time
@@ -110,6 +111,16 @@ def install_stop_handlers() -> dict:
     signal.signal(signal.SIGINT, handler)
     signal.signal(signal.SIGTERM, handler)
     return state
+
+
+def resume_command(args) -> str:
+    """The command that continues this run: --resume takes everything else from last.pt, but not where things are."""
+    command = ["python", "train.py", "--resume"]
+    if args.out_dir != "checkpoints":
+        command += ["--out-dir", args.out_dir]
+    if args.data_dir:
+        command += ["--data-dir", args.data_dir]
+    return shlex.join(command)
 
 
 def write_metrics_csv(path: Path, history: list[dict]) -> None:
@@ -261,8 +272,8 @@ def main(argv: list[str] | None = None) -> torch.nn.Module | None:
                 if is_main:
                     partial = {"loss": step_loss.cpu(), "correct": step_correct.cpu(), "count": step_count.cpu()}
                     save_checkpoint(out_dir / "last.pt", model, **state(epoch, step + 1, partial))
-                    resume = " ".join(["python train.py --resume"] + ([f"--out-dir {args.out_dir}"] if args.out_dir != "checkpoints" else []))
-                    print(f"saved {out_dir / 'last.pt'} at epoch {epoch + 1}, step {step + 1}/{steps_per_epoch}; continue with: {resume}", file=sys.stderr)
+                    print(f"saved {out_dir / 'last.pt'} at epoch {epoch + 1}, step {step + 1}/{steps_per_epoch}; "
+                          f"continue with: {resume_command(args)}", file=sys.stderr)
                 signum = stop["signal"] or signal.SIGTERM
                 raise UserError(f"interrupted by {signal.Signals(signum).name}", exit_code=128 + signum)
         bar.close()
@@ -298,7 +309,7 @@ def main(argv: list[str] | None = None) -> torch.nn.Module | None:
         if stop["signal"] is not None:  # arrived during validation: the epoch is complete and saved
             signum = stop["signal"]
             if is_main:
-                print(f"saved {out_dir / 'last.pt'} after epoch {epoch + 1}; continue with: python train.py --resume", file=sys.stderr)
+                print(f"saved {out_dir / 'last.pt'} after epoch {epoch + 1}; continue with: {resume_command(args)}", file=sys.stderr)
             raise UserError(f"interrupted by {signal.Signals(signum).name}", exit_code=128 + signum)
 
     if is_main:
