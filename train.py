@@ -114,12 +114,16 @@ def install_stop_handlers() -> dict:
 
 
 def resume_command(args) -> str:
-    """The command that continues this run: --resume takes everything else from last.pt, but not where things are."""
+    """The command that continues this run: --resume reads the recipe from last.pt but RUNTIME_FLAGS from the command
+    line, so every one of those that is not at its default is repeated."""
+    defaults = vars(parse_args([]))
     command = ["python", "train.py", "--resume"]
-    if args.out_dir != "checkpoints":
-        command += ["--out-dir", args.out_dir]
-    if args.data_dir:
-        command += ["--data-dir", args.data_dir]
+    for name in sorted(RUNTIME_FLAGS - {"resume"}):
+        value = getattr(args, name)
+        if value != defaults[name]:
+            option = name.replace("_", "-")
+            # The runtime switches are on by default and turned off with --no-...; the rest take a value.
+            command += [f"--no-{option}"] if isinstance(value, bool) else [f"--{option}", str(value)]
     return shlex.join(command)
 
 

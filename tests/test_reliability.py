@@ -80,7 +80,7 @@ def test_sigkill_after_an_epoch_then_resume_equals_an_uninterrupted_run(straight
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_interrupt_mid_epoch_saves_and_resume_equals_an_uninterrupted_run(straight_run, mnist_dir, tmp_path, signum):
-    process = start_training(tmp_path, mnist_dir)
+    process = start_training(tmp_path, mnist_dir, "--device", "cpu")
     wait_for_line(process, "ResNet-18")  # data loaded, training starts now
     time.sleep(2.0)
     process.send_signal(signum)
@@ -89,9 +89,9 @@ def test_interrupt_mid_epoch_saves_and_resume_equals_an_uninterrupted_run(straig
     assert "Traceback" not in stderr
     saved = load_checkpoint(tmp_path / "last.pt")
     assert (saved["epoch"], saved["step"]) != (2, 0), "the run finished before the signal arrived"
-    # The command the message suggests must be the one that resumes this run (its --out-dir and --data-dir included).
+    # The command the message suggests must be the one that resumes this run (its --out-dir, --data-dir and --device included).
     command = shlex.split(stderr.split("continue with: ")[1].splitlines()[0])
-    assert command[:3] == ["python", "train.py", "--resume"], stderr
+    assert command[:3] == ["python", "train.py", "--resume"] and "--device" in command, stderr
     result = run_script("train.py", *command[2:])
     assert result.returncode == 0, result.stderr
     assert_same_weights(straight_run / "last.pt", tmp_path / "last.pt")
