@@ -26,7 +26,7 @@ def parse_args(argv: list[str] | None = None):
     parser.add_argument("--data-dir", help="folder containing MNIST/raw (default: $MNIST_DATA_DIR, else ./data)")
     parser.add_argument("--out-dir", default="checkpoints", help="where test_report.json and confusion_matrix.png go")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
-    parser.add_argument("--batch-size", type=positive_int, default=1000)
+    parser.add_argument("--batch-size", type=positive_int, default=1000, help="images per forward pass")
     parser.add_argument("--no-amp", dest="amp", action="store_false", help="evaluate in fp32 instead of bf16 autocast")
     parser.add_argument("--robustness", action="store_true", help="also measure accuracy under corruptions (rotation, noise, ...)")
     parser.add_argument("--robustness-images", type=positive_int, default=10000, help="test images used for --robustness")

@@ -33,15 +33,15 @@ RUNTIME_FLAGS = {"device", "data_dir", "out_dir", "resume", "cuda_graphs"}
 def parse_args(argv: list[str] | None = None):
     parser = ArgumentParser(description="Train ResNet-18 on MNIST (32x32) with SGD.")
     recipe = parser.add_argument_group("recipe")
-    recipe.add_argument("--epochs", type=positive_int, default=10)
+    recipe.add_argument("--epochs", type=positive_int, default=10, help="passes over the training images")
     recipe.add_argument("--batch-size", type=positive_int, default=512, help="global batch size; under torchrun it is split across ranks")
     recipe.add_argument("--lr", type=positive_float, default=0.1, help="peak learning rate of the one-cycle schedule")
     recipe.add_argument("--momentum", type=float, default=0.9, help="Nesterov momentum")
-    recipe.add_argument("--weight-decay", type=float, default=5e-4)
+    recipe.add_argument("--weight-decay", type=float, default=5e-4, help="L2 penalty on the weights")
     recipe.add_argument("--warmup", type=float, default=0.2, help="fraction of all steps spent raising the learning rate")
-    recipe.add_argument("--label-smoothing", type=float, default=0.1)
+    recipe.add_argument("--label-smoothing", type=float, default=0.1, help="share of each target spread over all classes")
     recipe.add_argument("--no-augment", dest="augment", action="store_false", help="turn off random rotation/scale/shift")
-    recipe.add_argument("--seed", type=int, default=0)
+    recipe.add_argument("--seed", type=int, default=0, help="seed of the initial weights, the batch order and the augmentation (the validation split stays fixed)")
     dataset = parser.add_argument_group("data")
     dataset.add_argument("--data-dir", help="folder containing MNIST/raw (default: $MNIST_DATA_DIR, else ./data; downloaded if missing)")
     dataset.add_argument("--val-size", type=non_negative_int, default=5000, help="training images held out to pick best.pt (0: train on all)")
@@ -58,7 +58,7 @@ def parse_args(argv: list[str] | None = None):
                      help="launch each training step's kernels one by one instead of replaying a CUDA graph (CUDA, single process)")
     run.add_argument("--deterministic", action="store_true", help="bitwise-reproducible runs (slower on GPU)")
     run.add_argument("--sync-bn", action="store_true", help="under torchrun, batch-norm statistics over all ranks")
-    run.add_argument("--eval-batch-size", type=positive_int, default=1000)
+    run.add_argument("--eval-batch-size", type=positive_int, default=1000, help="batch size of validation and test passes")
     return parser.parse_args(argv)
 
 

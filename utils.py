@@ -34,11 +34,20 @@ def run_cli(main: Callable[[], None]) -> None:
         sys.exit(130)
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows an option's default where it says something: "(default: True)" on a --no-X switch would read backwards."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None or isinstance(action.default, bool):
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """argparse whose mistakes are one line on stderr (via UserError, exit 2) instead of usage text."""
 
     def __init__(self, **kwargs):
-        super().__init__(formatter_class=argparse.ArgumentDefaultsHelpFormatter, **kwargs)
+        super().__init__(formatter_class=_HelpFormatter, **kwargs)
 
     def error(self, message: str):
         raise UserError(f"{message} (see --help)")

@@ -22,7 +22,7 @@ def parse_args(argv: list[str] | None = None):
     parser.add_argument("--weights", default="checkpoints/best.pt", help="checkpoint written by train.py")
     parser.add_argument("--data-dir", help="folder containing MNIST/raw (default: $MNIST_DATA_DIR, else ./data)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    parser.add_argument("--batch-size", type=positive_int, default=1000)
+    parser.add_argument("--batch-size", type=positive_int, default=1000, help="images per forward pass")
     parser.add_argument("--limit", type=positive_int, help="use only the first N test images")
     return parser.parse_args(argv)
 

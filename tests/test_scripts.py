@@ -20,6 +20,8 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 def test_every_script_has_help(script):
     result = run_script(script, "--help")
     assert result.returncode == 0 and "usage:" in result.stdout and "--device" in result.stdout
+    # a switch's or an unset option's default would mislead ("--no-amp ... (default: True)")
+    assert not re.search(r"\(default: (True|False|None)\)", result.stdout), result.stdout
 
 
 def test_train_learns_and_writes_checkpoints_metrics_and_curves(trained):
