@@ -1,8 +1,10 @@
 """ResNet-18 for 32x32 grayscale digits, its checkpoints, and the one evaluation loop train/test share."""
 from __future__ import annotations
 
+import copy
 import pickle
 import re
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any, Iterable
@@ -125,13 +127,39 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
     """A copy of `model` for inference, each batch norm folded into the convolution before it.
 
     Same outputs up to rounding, one pass over every activation less (the test set evaluates ~8% faster on 2 CPU cores).
-    `model` itself is left as it was (training mode included).
+    `model` itself is left as it was (training mode included). A model with no batch norm left (an int8 one from
+    quantize_int8) comes back as it is.
     """
     model = unwrap(model)
+    if not any(isinstance(module, nn.BatchNorm2d) for module in model.modules()):
+        return model
     was_training = model.training
     folded = fuse_conv_bn(model.eval())  # copies first
     model.train(was_training)
     return folded
+
+
+def quantize_int8(model: nn.Module, calibration_images: Iterable[torch.Tensor]) -> nn.Module:
+    """An int8 copy of `model` for inference on the CPU (post-training static quantization, torch.ao's FX flow).
+
+    Each batch norm is folded, each convolution fused with its ReLU and each residual add with its ReLU; weights
+    become int8 per output channel, activations uint8 over the ranges seen on `calibration_images` (normalised
+    batches, never test images). Integer dot products (AVX512-VNNI on the dev CPU) do twice the work of bf16 ones.
+    """
+    from torch.ao.quantization import get_default_qconfig_mapping
+    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+
+    model = copy.deepcopy(unwrap(model)).cpu().eval()
+    qconfig = get_default_qconfig_mapping(torch.backends.quantized.engine)  # x86 (fbgemm + oneDNN), qnnpack on Arm
+    example = torch.zeros(1, 1, INPUT_SIZE, INPUT_SIZE)
+    with warnings.catch_warnings():
+        # torch.ao.quantization is deprecated in favour of torchao, whose int8 convolutions need torch.compile.
+        warnings.simplefilter("ignore")
+        observed = prepare_fx(model, qconfig, (example,))
+        with torch.no_grad():
+            for images in calibration_images:
+                observed(images.cpu())
+        return convert_fx(observed)
 
 
 @torch.no_grad()
@@ -142,7 +170,8 @@ def evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tenso
     (no label smoothing), so it is comparable across recipes.
     """
     inference_model = fold_batchnorm(model)
-    device = next(inference_model.parameters()).device
+    parameter = next(inference_model.parameters(), None)
+    device = parameter.device if parameter is not None else torch.device("cpu")  # int8 models keep no parameters
     all_logits, all_labels = [], []
     for x, y in batches:
         with autocast(device, amp):

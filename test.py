@@ -2,6 +2,7 @@
 
     python test.py                          # checkpoints/best.pt
     python test.py --weights checkpoints/last.pt
+    python test.py --device cpu --int8      # an int8 copy: about twice as fast as bf16 on a CPU
 """
 from __future__ import annotations
 
@@ -15,9 +16,11 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import data
-from model import evaluate, load_model
-from utils import (ArgumentParser, bf16_supported, pick_device, positive_int, pyplot, run_cli, save_figure, synchronize,
-                   write_json)
+from model import evaluate, load_model, quantize_int8
+from utils import (ArgumentParser, UserError, bf16_supported, pick_device, positive_int, pyplot, run_cli, save_figure,
+                   synchronize, write_json)
+
+CALIBRATION_IMAGES = 256  # training images whose activation ranges set the int8 scales (1,000 or 5,000: no better)
 
 
 def parse_args(argv: list[str] | None = None):
@@ -28,6 +31,9 @@ def parse_args(argv: list[str] | None = None):
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     parser.add_argument("--batch-size", type=positive_int, default=1000, help="images per forward pass")
     parser.add_argument("--no-amp", dest="amp", action="store_false", help="evaluate in fp32 instead of bf16 autocast")
+    parser.add_argument("--int8", action="store_true",
+                        help=f"CPU only: evaluate an int8 copy of the model, calibrated on {CALIBRATION_IMAGES} training images "
+                             "(about twice as fast as bf16, predictions within a few images of fp32)")
     parser.add_argument("--robustness", action="store_true", help="also measure accuracy under corruptions (rotation, noise, ...)")
     parser.add_argument("--robustness-images", type=positive_int, default=10000, help="test images used for --robustness")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random corruptions")
@@ -159,12 +165,25 @@ def plot_confusion(path: Path, confusion: torch.Tensor, accuracy: float) -> None
     save_figure(fig, path)
 
 
+def int8_copy(model: torch.nn.Module, args, device: torch.device) -> torch.nn.Module:
+    if device.type != "cpu":
+        raise UserError(f"--int8 runs on the CPU only (PyTorch's quantized kernels are CPU kernels), not {device}: add --device cpu")
+    started = time.perf_counter()
+    train_images, _ = data.load_split(args.data_dir, train=True)
+    calibration = data.normalize(data.to_model_size(train_images[:CALIBRATION_IMAGES]))
+    quantized = quantize_int8(model, calibration.split(args.batch_size))
+    print(f"quantized to int8 in {time.perf_counter() - started:.1f}s (activation ranges from {len(calibration)} training images)")
+    return quantized
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     device = pick_device(args.device)
     out_dir = Path(args.out_dir)
     model, checkpoint = load_model(args.weights, device)
     images, labels = data.load_test(args.data_dir, device)
+    if args.int8:
+        model = int8_copy(model, args, device)
 
     synchronize(device)
     started = time.perf_counter()
@@ -177,7 +196,7 @@ def main(argv: list[str] | None = None) -> None:
     confusion = torch.bincount(truth * 10 + predictions, minlength=100).reshape(10, 10)
     classes = per_class_scores(confusion)
     errors = int((predictions != truth).sum())
-    precision = "bf16 autocast" if args.amp and bf16_supported(device) else "fp32"
+    precision = "int8" if args.int8 else "bf16 autocast" if args.amp and bf16_supported(device) else "fp32"
 
     val_acc = checkpoint.get("metrics", {}).get("val_acc")
     chosen = f", validation accuracy {100 * val_acc:.2f}%" if isinstance(val_acc, float) else ""

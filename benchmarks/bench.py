@@ -6,7 +6,8 @@
 Peer: torchvision MNIST -> PIL Resize(32) -> ToTensor -> Normalize per image in a DataLoader, fp32, NCHW, batch 128.
 Ours: the whole split resized once and kept on the device, on-device augmentation, bf16 autocast, channels_last,
 batch 512, on CUDA fused SGD and the step replayed as CUDA graphs (train.py's defaults; a second row without the
-graphs); evaluation with batch norm folded into the convolutions, as test.py does.
+graphs); evaluation with batch norm folded into the convolutions, as test.py does, and on a CPU also int8
+evaluation, as test.py --int8 does.
 Each is timed over --steps steps after --warmup untimed ones, synchronised.
 """
 from __future__ import annotations
@@ -21,7 +22,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import data  # noqa: E402
-from model import ResNet18, fold_batchnorm, graph_training_step  # noqa: E402
+from model import ResNet18, fold_batchnorm, graph_training_step, quantize_int8  # noqa: E402
 from utils import ArgumentParser, autocast, bf16_supported, pick_device, positive_int, run_cli, synchronize  # noqa: E402
 
 TRAIN_GFLOP, FORWARD_GFLOP = 3.32, 1.11  # per 32x32 image, counted with torch.utils.flop_counter.FlopCounterMode
@@ -125,6 +126,18 @@ def measure(device, batches_train, batches_eval, ours: bool, args, graphs: bool 
     return train, evaluate
 
 
+def measure_int8_evaluation(batches_train, batches_eval, args) -> float:
+    """CPU evaluation images/s of an int8 ResNet-18 (test.py --int8); speed does not depend on the weights' values."""
+    torch.manual_seed(0)
+    quantized = quantize_int8(ResNet18(), [next(batches_train)[0] for _ in range(2)])
+
+    @torch.no_grad()
+    def eval_step(x, y):
+        quantized(x).argmax(1)
+
+    return images_per_second(eval_step, batches_eval, args.steps, args.warmup, torch.device("cpu"))
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     device = pick_device(args.device)
@@ -147,14 +160,21 @@ def main(argv=None) -> None:
             (f"ours: on-device, {precision}, channels_last{', eager' if on_gpu else ''}", *measure_ours(graphs=False, profile=args.profile))]
     if on_gpu:  # train.py's default there
         rows.append(("ours + CUDA graphs", *measure_ours(graphs=True)))
+    ours = rows[-1]
+    if device.type == "cpu":
+        int8 = measure_int8_evaluation(our_batches(train_x, train_y, args.batch_size, augment=True),
+                                       our_batches(test_x, test_y, args.eval_batch_size, augment=False), args)
+        rows.append(("ours: int8 evaluation (test.py --int8)", None, int8))
     # A FLOP ceiling only on the GPU, where --peak-tflops describes the device.
     print(f"\n| pipeline | train images/s | eval images/s |{' train % of FLOP ceiling | eval % of FLOP ceiling |' if on_gpu else ''}")
     print(f"| --- | ---: | ---: |{' ---: | ---: |' if on_gpu else ''}")
     for label, train, evaluate in rows:
-        ceiling = "".join(f" {100 * rate * gflop / (args.peak_tflops * 1e3):.1f}% |" for rate, gflop in ((train, TRAIN_GFLOP), (evaluate, FORWARD_GFLOP)))
-        print(f"| {label} | {train:,.0f} | {evaluate:,.0f} |{ceiling if on_gpu else ''}")
-    best = rows[-1]
-    print(f"| ratio ours / peer | {best[1] / peer[0]:.2f}x | {best[2] / peer[1]:.2f}x |{' | |' if on_gpu else ''}")
+        ceiling = "".join(f" {100 * rate * gflop / (args.peak_tflops * 1e3):.1f}% |"
+                          for rate, gflop in ((train, TRAIN_GFLOP), (evaluate, FORWARD_GFLOP))) if on_gpu else ""
+        print(f"| {label} | {'' if train is None else f'{train:,.0f}'} | {evaluate:,.0f} |{ceiling}")
+    print(f"| ratio ours / peer | {ours[1] / peer[0]:.2f}x | {ours[2] / peer[1]:.2f}x |{' | |' if on_gpu else ''}")
+    if device.type == "cpu":
+        print(f"| ratio int8 / peer | | {int8 / peer[1]:.2f}x |")
 
 
 if __name__ == "__main__":

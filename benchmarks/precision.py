@@ -1,4 +1,4 @@
-"""Does bf16 autocast change what the model predicts? One checkpoint, the whole test set, fp32 vs bf16.
+"""Do bf16 autocast and int8 change what the model predicts? One checkpoint, the whole test set, each against fp32.
 
     python benchmarks/precision.py                       # checkpoints/best.pt on the best device present
     python benchmarks/precision.py --device cpu --weights checkpoints/best.pt
@@ -14,11 +14,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import data  # noqa: E402
 from model import evaluate, load_model  # noqa: E402
+from test import int8_copy  # noqa: E402
 from utils import ArgumentParser, UserError, bf16_supported, pick_device, positive_int, run_cli, synchronize  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None):
-    parser = ArgumentParser(description="Test-set predictions of one checkpoint in fp32 and in bf16 autocast, compared.")
+    parser = ArgumentParser(description="Test-set predictions of one checkpoint in fp32, bf16 autocast and int8 (CPU), compared.")
     parser.add_argument("--weights", default="checkpoints/best.pt", help="checkpoint written by train.py")
     parser.add_argument("--data-dir", help="folder containing MNIST/raw (default: $MNIST_DATA_DIR, else ./data)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
@@ -30,29 +31,36 @@ def parse_args(argv: list[str] | None = None):
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     device = pick_device(args.device)
-    if not bf16_supported(device):
-        raise UserError(f"{device} has no bf16 in hardware, so train.py and test.py already run it in fp32; nothing to compare")
     model, _ = load_model(args.weights, device)
     images, labels = data.load_test(args.data_dir, device)
     images, labels = images[: args.limit], labels[: args.limit]
+    variants = {"fp32": (model, False)}
+    if bf16_supported(device):
+        variants["bf16 autocast"] = (model, True)
+    if device.type == "cpu":
+        variants["int8"] = (int8_copy(model, args, device), False)
+    if len(variants) == 1:
+        raise UserError(f"{device} has neither bf16 in hardware nor int8 kernels, so everything runs in fp32; nothing to compare")
 
     results = {}
-    for name, amp in (("fp32", False), ("bf16 autocast", True)):
+    for name, (variant, amp) in variants.items():
         synchronize(device)
         started = time.perf_counter()
-        result = evaluate(model, data.batches(images, labels, args.batch_size), amp)
+        result = evaluate(variant, data.batches(images, labels, args.batch_size), amp)
         synchronize(device)
         results[name] = result["logits"].argmax(1), result["accuracy"], time.perf_counter() - started
 
     print(f"{args.weights} on {device}, {len(labels)} test images\n")
-    print("| precision | accuracy | errors | seconds |\n| --- | ---: | ---: | ---: |")
+    print("| precision | accuracy | errors | seconds | predictions that differ from fp32 (fp32 right / this right) |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    fp32 = results["fp32"][0]
+    differ = {}
     for name, (predictions, accuracy, seconds) in results.items():
-        print(f"| {name} | {100 * accuracy:.2f}% | {int((predictions != labels).sum())} | {seconds:.1f} |")
-    fp32, bf16 = results["fp32"][0], results["bf16 autocast"][0]
-    differ = fp32 != bf16
-    print(f"\npredictions that differ: {int(differ.sum())} of {len(labels)} "
-          f"(fp32 right on {int((differ & (fp32 == labels)).sum())}, bf16 right on {int((differ & (bf16 == labels)).sum())})")
-    return {"differ": int(differ.sum()), "count": len(labels)}
+        mismatch = predictions != fp32
+        differ[name] = int(mismatch.sum())
+        split = f" ({int((mismatch & (fp32 == labels)).sum())} / {int((mismatch & (predictions == labels)).sum())})" if name != "fp32" else ""
+        print(f"| {name} | {100 * accuracy:.2f}% | {int((predictions != labels).sum())} | {seconds:.1f} | {differ[name]}{split} |")
+    return {"differ": differ, "count": len(labels)}
 
 
 if __name__ == "__main__":

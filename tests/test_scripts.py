@@ -86,6 +86,18 @@ def test_per_epoch_test_accuracy_is_what_test_py_reports_for_that_epoch(trained,
     assert f"test acc {100 * float(rows[-1]['test_acc']):.2f}%" in (trained / "train_stdout.txt").read_text()
 
 
+def test_test_py_int8_is_reported_as_such_and_lands_near_the_bf16_accuracy(trained, mnist_dir, tmp_path):
+    rows = list(csv.DictReader(open(trained / "metrics.csv")))
+    best_epoch = torch.load(trained / "best.pt", weights_only=True)["epoch"]
+    result = run_script("test.py", "--weights", str(trained / "best.pt"), "--out-dir", str(tmp_path), "--data-dir", str(mnist_dir),
+                        "--device", "cpu", "--int8")
+    assert result.returncode == 0, result.stderr
+    assert "quantized to int8" in result.stdout and "(int8)" in result.stdout, result.stdout
+    correct = int(re.search(r"test accuracy: [\d.]+% \((\d+)/10000", result.stdout).group(1))
+    assert abs(correct - round(10000 * float(rows[best_epoch - 1]["test_acc"]))) <= 50, result.stdout  # 0.5 points
+    assert json.loads((tmp_path / "test_report.json").read_text())["precision"] == "int8"
+
+
 def test_predict_py_draws_a_grid(trained, mnist_dir, tmp_path):
     out = tmp_path / "grid.png"
     result = run_script("predict.py", "--weights", str(trained / "best.pt"), "--out", str(out), "--num", "9", "--data-dir", str(mnist_dir))
