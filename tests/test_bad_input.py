@@ -87,3 +87,12 @@ def test_bad_input_gets_one_line_exit_2_and_writes_nothing(workspace, mnist_dir,
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
     assert expected in lines[0]
     assert snapshot(workspace) == before
+
+
+def test_int8_off_the_cpu_is_refused_with_what_to_do():
+    # Called directly: no GPU here to run `test.py --int8 --device cuda` on, and the check comes before any work.
+    from test import int8_copy
+    from utils import UserError
+
+    with pytest.raises(UserError, match=r"--int8 runs on the CPU only .* not cuda: add --device cpu"):
+        int8_copy(ResNet18(), None, torch.device("cuda"))
