@@ -86,7 +86,7 @@ def test_per_epoch_test_accuracy_is_what_test_py_reports_for_that_epoch(trained,
     assert f"test acc {100 * float(rows[-1]['test_acc']):.2f}%" in (trained / "train_stdout.txt").read_text()
 
 
-def test_test_py_int8_is_reported_as_such_and_lands_near_the_bf16_accuracy(trained, mnist_dir, tmp_path):
+def test_test_py_int8_is_reported_as_such_and_lands_near_the_accuracy_train_py_recorded(trained, mnist_dir, tmp_path):
     rows = list(csv.DictReader(open(trained / "metrics.csv")))
     best_epoch = torch.load(trained / "best.pt", weights_only=True)["epoch"]
     result = run_script("test.py", "--weights", str(trained / "best.pt"), "--out-dir", str(tmp_path), "--data-dir", str(mnist_dir),
