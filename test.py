@@ -181,9 +181,9 @@ def main(argv: list[str] | None = None) -> None:
     device = pick_device(args.device)
     out_dir = Path(args.out_dir)
     model, checkpoint = load_model(args.weights, device)
-    images, labels = data.load_test(args.data_dir, device)
-    if args.int8:
+    if args.int8:  # before the test images are loaded, so that --int8 off the CPU is refused at once
         model = int8_copy(model, args, device)
+    images, labels = data.load_test(args.data_dir, device)
 
     synchronize(device)
     started = time.perf_counter()
