@@ -23,9 +23,18 @@ class UserError(Exception):
 
 
 def run_cli(main: Callable[[], None]) -> None:
-    """Run a script's main(): UserError becomes 'error: ...' and its exit code, Ctrl-C exits 130."""
+    """Run a script's main(): UserError becomes 'error: ...' and its exit code, Ctrl-C exits 130.
+
+    A reader that stops early (`python test.py | head -3`) ends the script quietly with exit code 1, as the Python
+    docs advise, instead of with a BrokenPipeError traceback.
+    """
     try:
         main()
+        sys.stdout.flush()  # here, so that a closed pipe is noticed inside the try and not at interpreter exit
+    except BrokenPipeError:
+        # Python flushes stdout once more on exit; pointing it at devnull keeps that from raising again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(error.exit_code)

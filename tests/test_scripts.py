@@ -3,14 +3,17 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
+import subprocess
+import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
 
-from conftest import run_script
+from conftest import ROOT, run_script
 from model import ResNet18
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -22,6 +25,18 @@ def test_every_script_has_help(script):
     assert result.returncode == 0 and "usage:" in result.stdout and "--device" in result.stdout
     # a switch's or an unset option's default would mislead ("--no-amp ... (default: True)")
     assert not re.search(r"\(default: (True|False|None)\)", result.stdout), result.stdout
+
+
+@pytest.mark.parametrize("buffered", [True, False], ids=["stdout-buffered", "stdout-unbuffered"])
+def test_a_reader_that_stops_early_ends_the_script_quietly(mnist_dir, tmp_path, buffered):
+    """`python train.py | head -1`: once head has gone, no BrokenPipeError traceback, just exit code 1."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "" if buffered else "1"}
+    args = ["--epochs", "1", "--subset", "64", "--val-size", "64", "--out-dir", str(tmp_path), "--data-dir", str(mnist_dir)]
+    process = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process.stdout.close()  # the reader is gone before the first line is written
+    stderr = process.stderr.read()
+    assert process.wait(timeout=300) == 1 and stderr == "", stderr
 
 
 def test_train_learns_and_writes_checkpoints_metrics_and_curves(trained):
