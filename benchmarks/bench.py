@@ -5,7 +5,7 @@
 
 Peer: torchvision MNIST -> PIL Resize(32) -> ToTensor -> Normalize per image in a DataLoader, fp32, NCHW, batch 128.
 Ours: the whole split resized once and kept on the device, on-device augmentation, bf16 autocast, channels_last,
-batch 512, on CUDA fused SGD and the step replayed as CUDA graphs (train.py's defaults; a second row without the
+batch 512 on a GPU and 128 on a CPU, on CUDA fused SGD and the step replayed as CUDA graphs (train.py's defaults; a second row without the
 graphs); evaluation with batch norm folded into the convolutions, as test.py does, and on a CPU also int8
 evaluation, as test.py --int8 does.
 Each is timed over --steps steps after --warmup untimed ones, synchronised.
@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import data  # noqa: E402
 from model import ResNet18, fold_batchnorm, graph_training_step, quantize_int8  # noqa: E402
 from utils import ArgumentParser, autocast, bf16_supported, pick_device, positive_int, run_cli, synchronize  # noqa: E402
+from train import default_batch_size  # noqa: E402
 
 TRAIN_GFLOP, FORWARD_GFLOP = 3.32, 1.11  # per 32x32 image, counted with torch.utils.flop_counter.FlopCounterMode
 
@@ -34,7 +35,7 @@ def parse_args(argv=None):
     parser.add_argument("--data-dir", help="folder containing MNIST/raw (default: $MNIST_DATA_DIR, else ./data)")
     parser.add_argument("--steps", type=positive_int, default=50, help="timed steps per measurement")
     parser.add_argument("--warmup", type=positive_int, default=10, help="untimed steps first")
-    parser.add_argument("--batch-size", type=positive_int, default=512, help="our training batch size")
+    parser.add_argument("--batch-size", type=positive_int, help="our training batch size (default: train.py's on this device)")
     parser.add_argument("--eval-batch-size", type=positive_int, default=1000, help="our evaluation batch size")
     parser.add_argument("--peer-batch-size", type=positive_int, default=128, help="the peer pipeline's batch size")
     parser.add_argument("--profile", action="store_true", help="also print where our steps' time goes, kernel by kernel")
@@ -141,6 +142,7 @@ def measure_int8_evaluation(batches_train, batches_eval, args) -> float:
 def main(argv=None) -> None:
     args = parse_args(argv)
     device = pick_device(args.device)
+    args.batch_size = args.batch_size or default_batch_size(device)
     torch.backends.cudnn.benchmark = True
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{device} ({os.cpu_count()} cores)"
     print(f"device: {name}; torch {torch.__version__}; {args.steps} timed steps after {args.warmup} warm-up")
@@ -157,7 +159,7 @@ def main(argv=None) -> None:
     on_gpu = device.type == "cuda"
     precision = "bf16 autocast" if bf16_supported(device) else "fp32 (no fast bf16 here)"
     rows = [("peer: PIL DataLoader, fp32, NCHW, batch 128", *peer),
-            (f"ours: on-device, {precision}, channels_last{', eager' if on_gpu else ''}", *measure_ours(graphs=False, profile=args.profile))]
+            (f"ours: on-device, {precision}, channels_last, batch {args.batch_size}{', eager' if on_gpu else ''}", *measure_ours(graphs=False, profile=args.profile))]
     if on_gpu:  # train.py's default there
         rows.append(("ours + CUDA graphs", *measure_ours(graphs=True)))
     ours = rows[-1]

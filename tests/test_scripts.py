@@ -39,6 +39,14 @@ def test_a_reader_that_stops_early_ends_the_script_quietly(mnist_dir, tmp_path, 
     assert process.wait(timeout=300) == 1 and stderr == "", stderr
 
 
+def test_the_default_batch_on_a_cpu_is_128_and_is_saved_for_resume(mnist_dir, tmp_path):
+    result = run_script("train.py", "--device", "cpu", "--epochs", "1", "--subset", "256", "--val-size", "256",
+                        "--out-dir", str(tmp_path), "--data-dir", str(mnist_dir))
+    assert result.returncode == 0, result.stderr
+    assert "batch 128, 2 steps per epoch" in result.stdout
+    assert torch.load(tmp_path / "last.pt", weights_only=True)["args"]["batch_size"] == 128
+
+
 def test_train_learns_and_writes_checkpoints_metrics_and_curves(trained):
     for name in ("best.pt", "last.pt", "metrics.csv", "curves.png"):
         assert (trained / name).is_file(), name
