@@ -6,8 +6,8 @@
 Peer: torchvision MNIST -> PIL Resize(32) -> ToTensor -> Normalize per image in a DataLoader, fp32, NCHW, batch 128.
 Ours: the whole split resized once and kept on the device, on-device augmentation, bf16 autocast, channels_last,
 batch 512 on a GPU and 128 on a CPU, on CUDA fused SGD and the step replayed as CUDA graphs (train.py's defaults;
-a second row without the graphs); evaluation with batch norm folded into the convolutions, as test.py does, and on a CPU also int8
-evaluation, as test.py --int8 does.
+a second row without the graphs); evaluation with batch norm folded into the convolutions, as test.py does, and on
+a CPU also int8 evaluation, as test.py --int8 does.
 Each is timed over --steps steps after --warmup untimed ones, synchronised.
 """
 from __future__ import annotations
