@@ -158,7 +158,7 @@ def main(argv=None) -> None:
 
     on_gpu = device.type == "cuda"
     precision = "bf16 autocast" if bf16_supported(device) else "fp32 (no fast bf16 here)"
-    rows = [("peer: PIL DataLoader, fp32, NCHW, batch 128", *peer),
+    rows = [(f"peer: PIL DataLoader, fp32, NCHW, batch {args.peer_batch_size}", *peer),
             (f"ours: on-device, {precision}, channels_last, batch {args.batch_size}{', eager' if on_gpu else ''}", *measure_ours(graphs=False, profile=args.profile))]
     if on_gpu:  # train.py's default there
         rows.append(("ours + CUDA graphs", *measure_ours(graphs=True)))
