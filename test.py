@@ -17,8 +17,8 @@ from tqdm import tqdm
 
 import data
 from model import evaluate, load_model, quantize_int8
-from utils import (ArgumentParser, UserError, bf16_supported, pick_device, positive_int, pyplot, run_cli, save_figure,
-                   synchronize, write_json)
+from utils import (ArgumentParser, UserError, bf16_supported, keep_freed_memory, pick_device, positive_int, pyplot, run_cli,
+                   save_figure, synchronize, write_json)
 
 CALIBRATION_IMAGES = 256  # training images whose activation ranges set the int8 scales (1,000 or 5,000: no better)
 
@@ -179,6 +179,7 @@ def int8_copy(model: torch.nn.Module, args, device: torch.device) -> torch.nn.Mo
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     device = pick_device(args.device)
+    keep_freed_memory()
     out_dir = Path(args.out_dir)
     model, checkpoint = load_model(args.weights, device)
     if args.int8:  # before the test images are loaded, so that --int8 off the CPU is refused at once

@@ -21,9 +21,9 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import data
-from model import ResNet18, evaluate, graph_training_step, load_checkpoint, save_checkpoint, unwrap
-from utils import (ArgumentParser, UserError, atomic_write, autocast, bf16_supported, non_negative_int, pick_device,
-                   positive_float, positive_int, pyplot, run_cli, save_figure, synchronize)
+from model import ResNet18, evaluate, graph_training_step, load_checkpoint, save_checkpoint, to_device, unwrap
+from utils import (ArgumentParser, UserError, atomic_write, autocast, bf16_supported, keep_freed_memory, non_negative_int,
+                   pick_device, positive_float, positive_int, pyplot, run_cli, save_figure, synchronize)
 
 METRICS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc", "lr", "seconds"]
 # Flags that describe where and how to run rather than what to train: --resume keeps these from the command line.
@@ -163,6 +163,7 @@ def main(argv: list[str] | None = None) -> torch.nn.Module | None:
     args = parse_args(argv)
     out_dir = Path(args.out_dir)
     device = pick_device(args.device)
+    keep_freed_memory()
     args.batch_size = args.batch_size or default_batch_size(device)
     checkpoint = None
     if args.resume:
@@ -184,8 +185,7 @@ def main(argv: list[str] | None = None) -> torch.nn.Module | None:
 
     (train_x, train_y), (val_x, val_y) = data.load_train_val(args.data_dir, args.val_size, args.subset, device)
     test_x, test_y = data.load_test(args.data_dir, device) if args.test_each_epoch else (None, None)
-    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
-    model = ResNet18().to(device, memory_format=memory_format)
+    model = to_device(ResNet18(), device, args.channels_last)
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum, nesterov=args.momentum > 0,
                                 weight_decay=args.weight_decay, fused=device.type == "cuda")  # one kernel for all parameters
     batch_bounds = data.batch_bounds(len(train_x), args.batch_size, world_size)

@@ -7,7 +7,8 @@ Peer: torchvision MNIST -> PIL Resize(32) -> ToTensor -> Normalize per image in 
 Ours: the whole split resized once and kept on the device, on-device augmentation, bf16 autocast, channels_last,
 batch 512 on a GPU and 128 on a CPU, on CUDA fused SGD and the step replayed as CUDA graphs (train.py's defaults;
 a second row without the graphs); evaluation with batch norm folded into the convolutions, as test.py does, and on
-a CPU also int8 evaluation, as test.py --int8 does.
+a CPU also int8 evaluation, as test.py --int8 does. On a CPU ours also runs as train.py does there (the last stage
+NCHW, freed memory kept by the C library); the peer runs first, in the process as Python starts it.
 Each is timed over --steps steps after --warmup untimed ones, synchronised.
 """
 from __future__ import annotations
@@ -22,8 +23,9 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import data  # noqa: E402
-from model import ResNet18, fold_batchnorm, graph_training_step, quantize_int8  # noqa: E402
-from utils import ArgumentParser, autocast, bf16_supported, pick_device, positive_int, run_cli, synchronize  # noqa: E402
+from model import ResNet18, fold_batchnorm, graph_training_step, quantize_int8, to_device  # noqa: E402
+from utils import (ArgumentParser, autocast, bf16_supported, keep_freed_memory, pick_device, positive_int, run_cli,  # noqa: E402
+                   synchronize)
 from train import default_batch_size  # noqa: E402
 
 TRAIN_GFLOP, FORWARD_GFLOP = 3.32, 1.11  # per 32x32 image, counted with torch.utils.flop_counter.FlopCounterMode
@@ -99,7 +101,7 @@ def measure(device, batches_train, batches_eval, ours: bool, args, graphs: bool 
     """(train, eval) images/s; `ours` is train.py's settings (bf16, channels_last, fused SGD, folded BN), else the peer's."""
     torch.manual_seed(0)
     amp = ours
-    model = ResNet18().to(device, memory_format=torch.channels_last if ours else torch.contiguous_format)
+    model = to_device(ResNet18(), device, channels_last=ours)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4,
                                 fused=ours and device.type == "cuda")
     forward = graph_training_step(model, next(batches_train)[0], amp) if graphs else model
@@ -130,7 +132,7 @@ def measure(device, batches_train, batches_eval, ours: bool, args, graphs: bool 
 def measure_int8_evaluation(batches_train, batches_eval, args) -> float:
     """CPU evaluation images/s of an int8 ResNet-18 (test.py --int8); speed does not depend on the weights' values."""
     torch.manual_seed(0)
-    quantized = quantize_int8(ResNet18(), [next(batches_train)[0] for _ in range(2)])
+    quantized = quantize_int8(to_device(ResNet18(), torch.device("cpu")), [next(batches_train)[0] for _ in range(2)])
 
     @torch.no_grad()
     def eval_step(x, y):
@@ -149,6 +151,7 @@ def main(argv=None) -> None:
 
     peer = measure(device, peer_batches(args.data_dir, True, args.peer_batch_size, device),
                    peer_batches(args.data_dir, False, args.peer_batch_size, device), ours=False, args=args)
+    keep_freed_memory()  # from here on, as train.py and test.py run; the peer ran with the C library's defaults
     (train_x, train_y), _ = data.load_train_val(args.data_dir, 5000, None, device)
     test_x, test_y = data.load_test(args.data_dir, device)
 

@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import data  # noqa: E402
 from model import evaluate, load_model  # noqa: E402
 from test import int8_copy  # noqa: E402
-from utils import ArgumentParser, UserError, bf16_supported, pick_device, positive_int, run_cli, synchronize  # noqa: E402
+from utils import ArgumentParser, UserError, bf16_supported, keep_freed_memory, pick_device, positive_int, run_cli, synchronize  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None):
@@ -31,6 +31,7 @@ def parse_args(argv: list[str] | None = None):
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     device = pick_device(args.device)
+    keep_freed_memory()  # as test.py does
     model, _ = load_model(args.weights, device)
     images, labels = data.load_test(args.data_dir, device)
     images, labels = images[: args.limit], labels[: args.limit]

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
-from model import ResNet18, fold_batchnorm, graph_training_step, load_checkpoint, load_model, save_checkpoint
+from model import ResNet18, fold_batchnorm, graph_training_step, load_checkpoint, load_model, save_checkpoint, to_device
 from utils import autocast, bf16_supported
 
 
@@ -69,6 +69,27 @@ def test_folding_batch_norm_keeps_the_outputs_and_leaves_the_model_alone():
         expected = model.eval()(images)
         torch.testing.assert_close(folded(images), expected, rtol=1e-4, atol=1e-4)
         assert expected.std() > 0.1  # the comparison is not between two near-zero outputs
+
+
+def test_the_cpu_layout_keeps_the_last_stage_nchw_and_computes_what_channels_last_does():
+    torch.manual_seed(0)
+    plain = ResNet18().to(memory_format=torch.channels_last)
+    laid_out = to_device(ResNet18(), torch.device("cpu"))
+    laid_out.load_state_dict(plain.state_dict())
+    assert laid_out.layer4[0].conv1.weight.is_contiguous() and not plain.layer4[0].conv1.weight.is_contiguous()
+    assert laid_out.layer3[0].conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    seen = {}
+    laid_out.layer4[0].conv1.register_forward_hook(lambda module, inputs, output: seen.update(nchw=inputs[0].is_contiguous()))
+    images, labels = torch.randn(8, 1, 32, 32).to(memory_format=torch.channels_last), torch.randint(0, 10, (8,))
+    gradients = []
+    for model in (plain, laid_out):
+        model.zero_grad()
+        F.cross_entropy(model(images), labels).backward()
+        gradients.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    assert seen["nchw"], "layer4's convolutions must receive NCHW input, or oneDNN runs them channels_last after all"
+    torch.testing.assert_close(gradients[1], gradients[0], rtol=1e-4, atol=1e-5)
+    with torch.no_grad():  # the inference copy keeps the layout: the conversion is traced into its graph
+        torch.testing.assert_close(fold_batchnorm(laid_out)(images), plain.eval()(images), rtol=1e-4, atol=1e-4)
 
 
 def test_checkpoint_round_trip_keeps_weights_and_metadata(tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import platform
 import re
 import subprocess
 import sys
@@ -45,6 +46,26 @@ def test_the_default_batch_on_a_cpu_is_128_and_is_saved_for_resume(mnist_dir, tm
     assert result.returncode == 0, result.stderr
     assert "batch 128, 2 steps per epoch" in result.stdout
     assert torch.load(tmp_path / "last.pt", weights_only=True)["args"]["batch_size"] == 128
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="a setting of glibc's malloc; elsewhere keep_freed_memory does nothing")
+def test_memory_a_batch_frees_is_reused_without_being_faulted_in_again():
+    # What train.py and test.py do first. Without it every batch maps its large activations afresh (fp32 here, 67 MB
+    # for the first stage) and faults them in page by page; with it the third batch reuses the first two's memory.
+    code = """if True:
+        import resource, sys, torch, model, utils
+        if sys.argv[1] == "keep":
+            utils.keep_freed_memory()
+        net, images = model.ResNet18().eval(), torch.randn(256, 1, 32, 32)
+        with torch.no_grad():
+            for _ in range(2):
+                net(images)
+            before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            net(images)
+        print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)"""
+    faults = {mode: int(subprocess.run([sys.executable, "-c", code, mode], cwd=ROOT, capture_output=True, text=True, check=True).stdout)
+              for mode in ("default", "keep")}
+    assert faults["keep"] * 4 < faults["default"], faults  # seen: 0 against 533,000
 
 
 def test_train_learns_and_writes_checkpoints_metrics_and_curves(trained):
