@@ -130,8 +130,8 @@ def keep_freed_memory() -> None:
     """Let glibc keep freed memory for the next batch instead of handing it back to the OS (elsewhere a no-op).
 
     By default glibc maps every block over 32 MiB (a batch's activations) afresh and unmaps it when freed, so each
-    batch faults all that memory back in, zero-filled page by page: a quarter of evaluation time on the dev CPU
-    (BENCHMARKS.md). PyTorch's CPU tuning guide swaps in jemalloc or tcmalloc for this; two mallopt settings do it
+    batch faults all that memory back in, zero-filled page by page: a fifth or more of evaluation time on the dev
+    CPU (BENCHMARKS.md). PyTorch's CPU tuning guide swaps in jemalloc or tcmalloc for this; two mallopt settings do it
     with the C library already there. Memory is still reused within the process, only no longer returned early.
     """
     if not sys.platform.startswith("linux"):

@@ -15,7 +15,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import data  # noqa: E402
 from model import evaluate, load_model  # noqa: E402
 from test import int8_copy  # noqa: E402
-from utils import ArgumentParser, UserError, bf16_supported, keep_freed_memory, pick_device, positive_int, run_cli, synchronize  # noqa: E402
+from utils import (ArgumentParser, UserError, bf16_supported, keep_freed_memory, pick_device, positive_int,  # noqa: E402
+                   run_cli, synchronize)
 
 
 def parse_args(argv: list[str] | None = None):
