@@ -64,7 +64,8 @@ def parse_args(argv: list[str] | None = None):
 
 
 def default_batch_size(device: torch.device) -> int:
-    """512 fills a GPU; a CPU trains faster on 128, whose activations stay in its caches (2 EPYC cores: ~185 vs ~145 images/s)."""
+    """512 fills a GPU. A CPU trains as fast at 128 as at 512 (freed memory kept, see utils.keep_freed_memory), and
+    128's four times as many steps get further in the first epochs (98.4% vs 97.5% validation after one)."""
     return 128 if device.type == "cpu" else 512
 
 
