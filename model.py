@@ -109,8 +109,8 @@ def _check_compatible(path: Path, checkpoint: Any) -> None:
             raise UserError(f"{path} has {key} {checkpoint.get(key)!r}, expected {want!r}")
 
 
-def load_model(path: str | Path, device: torch.device, channels_last: bool = True) -> tuple[nn.Module, dict]:
-    """Build the model, load a checkpoint's weights into it, and put it in eval mode on `device`."""
+def load_model(path: str | Path, device: torch.device) -> tuple[nn.Module, dict]:
+    """Build the model, load a checkpoint's weights into it, and put it in eval mode on `device` (in to_device's layout)."""
     checkpoint = load_checkpoint(path)
     model = ResNet18()
     try:
@@ -118,7 +118,7 @@ def load_model(path: str | Path, device: torch.device, channels_last: bool = Tru
     except RuntimeError as error:
         first = str(error).splitlines()[0]
         raise UserError(f"{path} does not hold ResNet-18 weights of this shape ({first})") from None
-    return to_device(model, device, channels_last).eval(), checkpoint
+    return to_device(model, device).eval(), checkpoint
 
 
 def graph_training_step(model: nn.Module, sample: torch.Tensor, amp: bool) -> nn.Module:
