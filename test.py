@@ -13,12 +13,11 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 import data
 from model import evaluate, load_model, quantize_int8
-from utils import (ArgumentParser, UserError, bf16_supported, keep_freed_memory, pick_device, positive_int, pyplot, run_cli,
-                   save_figure, synchronize, write_json)
+from utils import (ArgumentParser, UserError, bf16_supported, keep_freed_memory, pick_device, positive_int, progress, pyplot,
+                   run_cli, save_figure, synchronize, write_json)
 
 CALIBRATION_IMAGES = 256  # training images whose activation ranges set the int8 scales (1,000 or 5,000: no better)
 
@@ -98,7 +97,7 @@ def robustness_report(model, images, labels, args, out_dir: Path) -> dict:
     print(f"\nrobustness on {len(images)} test images (clean accuracy {100 * clean:.2f}%)")
     print(f"{'corruption':<16} " + "  ".join(f"{'severity ' + str(i + 1):>11}" for i in range(3)))
     # Minutes on a CPU: a bar with ETA on a terminal, the table rows as they come either way.
-    bar = tqdm(total=sum(map(len, CORRUPTIONS.values())), unit="pass", leave=False, disable=not sys.stderr.isatty())
+    bar = progress(total=sum(map(len, CORRUPTIONS.values())), unit="pass")
     for name, levels in CORRUPTIONS.items():
         generator = torch.Generator().manual_seed(args.seed)
         accuracies = []
@@ -188,7 +187,9 @@ def main(argv: list[str] | None = None) -> None:
 
     synchronize(device)
     started = time.perf_counter()
-    result = evaluate(model, data.batches(images, labels, args.batch_size), args.amp)
+    batches = progress(data.batches(images, labels, args.batch_size), total=math.ceil(len(images) / args.batch_size),
+                       desc="test", unit="batch")
+    result = evaluate(model, batches, args.amp)
     synchronize(device)
     seconds = time.perf_counter() - started
 

@@ -18,12 +18,11 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from tqdm import tqdm
 
 import data
 from model import ResNet18, evaluate, graph_training_step, load_checkpoint, save_checkpoint, to_device, unwrap
 from utils import (ArgumentParser, UserError, atomic_write, autocast, bf16_supported, keep_freed_memory, non_negative_int,
-                   pick_device, positive_float, positive_int, pyplot, run_cli, save_figure, synchronize)
+                   pick_device, positive_float, positive_int, progress, pyplot, run_cli, save_figure, synchronize)
 
 METRICS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc", "lr", "seconds"]
 # Flags that describe where and how to run rather than what to train: --resume keeps these from the command line.
@@ -216,12 +215,13 @@ def main(argv: list[str] | None = None) -> torch.nn.Module | None:
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
     sync_every = 1 if device.type == "cpu" else 20  # reading a GPU value stalls its queue; on CPU it costs nothing
-    show_bar = is_main and sys.stderr.isatty()
     stop = install_stop_handlers()
 
-    def loss_and_accuracy(images: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
+    def loss_and_accuracy(images: torch.Tensor, labels: torch.Tensor, split: str) -> tuple[float, float]:
         """Over all ranks: each evaluates its share and the sums are added up."""
-        result = evaluate(unwrap(model), data.batches(images, labels, args.eval_batch_size, rank=rank, world_size=world_size), amp)
+        batches = data.batches(images, labels, args.eval_batch_size, rank=rank, world_size=world_size)
+        steps = len(data.batch_bounds(len(images), args.eval_batch_size, world_size))
+        result = evaluate(unwrap(model), progress(batches, total=steps, desc=split, unit="batch", show=is_main), amp)
         loss_sum, correct, count = all_reduce_sum(result["loss_sum"], result["correct"], torch.tensor(result["count"], device=device))
         return loss_sum.item() / count.item(), correct.item() / count.item()
 
@@ -249,9 +249,9 @@ def main(argv: list[str] | None = None) -> torch.nn.Module | None:
         if partial is not None:
             for name, tensor in (("loss", step_loss), ("correct", step_correct), ("count", step_count)):
                 tensor.copy_(partial[name])
+            started -= partial.get("seconds", 0.0)  # so metrics.csv times the whole epoch, not just its resumed part
         checked = first_step = start_step if epoch == start_epoch else 0
-        bar = tqdm(total=steps_per_epoch, initial=first_step, desc=f"epoch {epoch + 1}/{args.epochs}", unit="step",
-                   disable=not show_bar, leave=False, dynamic_ncols=True)
+        bar = progress(total=steps_per_epoch, initial=first_step, desc=f"epoch {epoch + 1}/{args.epochs}", unit="step", show=is_main)
         train_batches = data.batches(train_x, train_y, args.batch_size, shuffle=True, augment=args.augment, seed=args.seed,
                                      epoch=epoch, start_step=first_step, rank=rank, world_size=world_size)
         for step, (x, y) in enumerate(train_batches, start=first_step):
@@ -282,7 +282,8 @@ def main(argv: list[str] | None = None) -> torch.nn.Module | None:
             if flags[1]:
                 bar.close()
                 if is_main:
-                    partial = {"loss": step_loss.cpu(), "correct": step_correct.cpu(), "count": step_count.cpu()}
+                    partial = {"loss": step_loss.cpu(), "correct": step_correct.cpu(), "count": step_count.cpu(),
+                               "seconds": time.perf_counter() - started}
                     save_checkpoint(out_dir / "last.pt", model, **state(epoch, step + 1, partial))
                     print(f"saved {out_dir / 'last.pt'} at epoch {epoch + 1}, step {step + 1}/{steps_per_epoch}; "
                           f"continue with: {resume_command(args)}", file=sys.stderr)
@@ -296,11 +297,11 @@ def main(argv: list[str] | None = None) -> torch.nn.Module | None:
         row = {"epoch": epoch + 1, "train_loss": train_loss.item() / train_count.item(), "train_acc": train_correct.item() / train_count.item(),
                "val_loss": "", "val_acc": "", "test_loss": "", "test_acc": "", "lr": scheduler.get_last_lr()[0]}
         if len(val_x):
-            row["val_loss"], row["val_acc"] = loss_and_accuracy(val_x, val_y)
+            row["val_loss"], row["val_acc"] = loss_and_accuracy(val_x, val_y, "validation")
         synchronize(device)
         row["seconds"] = round(time.perf_counter() - started, 3)  # training and validation; the test pass is extra
         if args.test_each_epoch:
-            row["test_loss"], row["test_acc"] = loss_and_accuracy(test_x, test_y)
+            row["test_loss"], row["test_acc"] = loss_and_accuracy(test_x, test_y, "test")
         history.append(row)
 
         if is_main:

@@ -1,4 +1,4 @@
-"""Small helpers shared by the scripts: one-line errors, device choice, mixed precision, atomic writes."""
+"""Small helpers shared by the scripts: one-line errors, device choice, mixed precision, progress bars, atomic writes."""
 from __future__ import annotations
 
 import argparse
@@ -10,9 +10,10 @@ import platform
 import sys
 import tempfile
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import torch
+from tqdm import tqdm
 
 
 class UserError(Exception):
@@ -144,6 +145,11 @@ def keep_freed_memory() -> None:
     M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # from glibc's malloc.h
     mallopt(M_MMAP_MAX, 0)  # large blocks come from the heap, like small ones, where freed ones are reused
     mallopt(M_TRIM_THRESHOLD, 2**31 - 1)  # and the heap's free top is not given back to the OS
+
+
+def progress(iterable: Iterable | None = None, *, show: bool = True, **options) -> tqdm:
+    """A tqdm bar with ETA, on a terminal only: in a log the scripts' own lines say how far they are."""
+    return tqdm(iterable, leave=False, dynamic_ncols=True, disable=not (show and sys.stderr.isatty()), **options)
 
 
 def synchronize(device: torch.device) -> None:

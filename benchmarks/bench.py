@@ -24,8 +24,8 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import data  # noqa: E402
 from model import ResNet18, fold_batchnorm, graph_training_step, quantize_int8, to_device  # noqa: E402
-from utils import (ArgumentParser, autocast, bf16_supported, keep_freed_memory, pick_device, positive_int, run_cli,  # noqa: E402
-                   synchronize)
+from utils import (ArgumentParser, autocast, bf16_supported, keep_freed_memory, pick_device, positive_int, progress,  # noqa: E402
+                   run_cli, synchronize)
 from train import default_batch_size  # noqa: E402
 
 TRAIN_GFLOP, FORWARD_GFLOP = 3.32, 1.11  # per 32x32 image, counted with torch.utils.flop_counter.FlopCounterMode
@@ -70,17 +70,22 @@ def our_batches(images, labels, batch_size: int, augment: bool):
         epoch += 1
 
 
-def images_per_second(step, batches, steps: int, warmup: int, device: torch.device) -> float:
+def images_per_second(step, batches, steps: int, warmup: int, device: torch.device, what: str) -> float:
+    bar = progress(total=warmup + steps, desc=what, unit="step")  # minutes on a CPU
     for _ in range(warmup):
         step(*next(batches))
+        bar.update()
     synchronize(device)
     started, count = time.perf_counter(), 0
     for _ in range(steps):
         x, y = next(batches)
         step(x, y)
         count += len(y)
+        bar.update()
     synchronize(device)
-    return count / (time.perf_counter() - started)
+    seconds = time.perf_counter() - started
+    bar.close()
+    return count / seconds
 
 
 def print_profile(title: str, step, batches, device: torch.device, steps: int = 3) -> None:
@@ -114,7 +119,8 @@ def measure(device, batches_train, batches_eval, ours: bool, args, graphs: bool 
         optimizer.step()
 
     model.train()
-    train = images_per_second(train_step, batches_train, args.steps, args.warmup, device)
+    who = ("ours" + (" + CUDA graphs" if graphs else "")) if ours else "peer"
+    train = images_per_second(train_step, batches_train, args.steps, args.warmup, device, f"{who}: training")
     inference_model = fold_batchnorm(model) if ours else model.eval()
 
     @torch.no_grad()
@@ -122,7 +128,7 @@ def measure(device, batches_train, batches_eval, ours: bool, args, graphs: bool 
         with autocast(device, amp):
             inference_model(x).argmax(1)
 
-    evaluate = images_per_second(eval_step, batches_eval, args.steps, args.warmup, device)
+    evaluate = images_per_second(eval_step, batches_eval, args.steps, args.warmup, device, f"{who}: evaluation")
     if profile:
         print_profile(f"our training step (batch {args.batch_size})", train_step, batches_train, device)
         print_profile(f"our evaluation step (batch {args.eval_batch_size})", eval_step, batches_eval, device)
@@ -138,7 +144,7 @@ def measure_int8_evaluation(batches_train, batches_eval, args) -> float:
     def eval_step(x, y):
         quantized(x).argmax(1)
 
-    return images_per_second(eval_step, batches_eval, args.steps, args.warmup, torch.device("cpu"))
+    return images_per_second(eval_step, batches_eval, args.steps, args.warmup, torch.device("cpu"), "ours: int8 evaluation")
 
 
 def main(argv=None) -> None:

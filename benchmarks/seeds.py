@@ -8,6 +8,10 @@ epoch, never used to choose best.pt, which is chosen on validation), then `pytho
 summary (Markdown, printed and written to OUT/summary.md) gives per seed the wall clock of the whole train.py
 command, its training seconds, the chosen epoch, validation and test accuracy, and the training seconds until the
 test accuracy first reached --target; then min/mean/max over seeds and the mean test accuracy after each epoch.
+
+Run the same command again after Ctrl-C (or a crash) and it goes on where it stopped: finished seeds are not
+trained again, and an interrupted one continues with `train.py --resume`. More seeds into the same --out-dir
+reuse the finished ones too. A seed folder that holds a run of other train.py flags is refused, not overwritten.
 """
 from __future__ import annotations
 
@@ -22,9 +26,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from utils import ArgumentParser, UserError, run_cli  # noqa: E402
+from utils import ArgumentParser, UserError, run_cli, write_json  # noqa: E402
 
 OWN_FLAGS = ("--seed", "--out-dir", "--test-each-epoch")  # set per seed by this script
+RUN_RECORD = "seeds_run.json"  # in each seed's folder: the train.py flags it was started with, then its wall-clock time
 
 
 def parse_args(argv: list[str] | None = None):
@@ -54,29 +59,47 @@ def run_child(command: list[str], what: str) -> None:
     finally:
         signal.signal(signal.SIGINT, previous)
     if returncode in (128 + signal.SIGINT, 128 + signal.SIGTERM):
-        raise UserError(f"{what} was interrupted (its output is above)", exit_code=returncode)
+        raise UserError(f"{what} was interrupted; run the same command again to go on from there", exit_code=returncode)
     if returncode:
         raise UserError(f"{what} failed (its output is above)", exit_code=1)
 
 
-def run_seed(seed: int, run_dir: Path, args) -> float:
-    """Train and test one seed as a user would (separate processes); returns train.py's wall-clock seconds."""
+def run_seed(seed: int, run_dir: Path, args) -> float | None:
+    """Train and test one seed as a user would (separate processes), or finish what an earlier call started.
+
+    Returns train.py's wall-clock seconds, or None where its training was interrupted and resumed (no one number).
+    """
     common = ["--device", args.device] + (["--data-dir", args.data_dir] if args.data_dir else [])
-    train = [sys.executable, str(ROOT / "train.py"), "--seed", str(seed), "--test-each-epoch", "--out-dir", str(run_dir), *common, *args.train_args]
+    train = [sys.executable, str(ROOT / "train.py"), "--seed", str(seed), "--test-each-epoch", "--out-dir", str(run_dir), *common]
     test = [sys.executable, str(ROOT / "test.py"), "--weights", str(run_dir / "best.pt"), "--out-dir", str(run_dir), *common]
-    print(f"\n=== seed {seed}: {' '.join(train[1:])}", flush=True)
-    started = time.perf_counter()
-    run_child(train, f"train.py for seed {seed}")
-    wall = time.perf_counter() - started
-    run_child(test, f"test.py for seed {seed}")
-    return wall
+    record_path = run_dir / RUN_RECORD
+    record = json.loads(record_path.read_text()) if record_path.exists() else None
+    started_before = (run_dir / "last.pt").exists()
+    if started_before and (record is None or record["train_args"] != args.train_args):
+        what = "a run this script did not start" if record is None else f"a run of train.py flags {' '.join(record['train_args']) or '(defaults)'}"
+        raise UserError(f"{run_dir} holds {what}; choose another --out-dir or remove {run_dir}")
+    if record is None or not record["trained"]:
+        train += ["--resume"] if started_before else args.train_args
+        print(f"\n=== seed {seed}: {' '.join(train[1:])}", flush=True)
+        record = {"train_args": args.train_args, "trained": False, "wall_seconds": None}
+        write_json(record_path, record)
+        started = time.perf_counter()
+        run_child(train, f"train.py for seed {seed}")
+        record.update(trained=True, wall_seconds=None if started_before else time.perf_counter() - started)
+        write_json(record_path, record)
+    report = run_dir / "test_report.json"
+    if report.exists() and report.stat().st_mtime >= (run_dir / "best.pt").stat().st_mtime:
+        print(f"\n=== seed {seed}: trained and tested earlier, in {run_dir}", flush=True)
+    else:
+        run_child(test, f"test.py for seed {seed}")
+    return record["wall_seconds"]
 
 
 def percent(fraction: float) -> str:
     return f"{100 * fraction:.2f}%"
 
 
-def summarise(runs: dict[int, Path], wall_seconds: dict[int, float], target: float) -> str:
+def summarise(runs: dict[int, Path], wall_seconds: dict[int, float | None], target: float) -> str:
     """The Markdown summary of finished runs: {seed: run folder with metrics.csv and test_report.json}."""
     lines = [f"| seed | train.py wall s | training s | chosen epoch | val acc | test acc | training s to {target}% test |",
              "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
@@ -93,10 +116,12 @@ def summarise(runs: dict[int, Path], wall_seconds: dict[int, float], target: flo
                 reached = f"{elapsed:.1f} (epoch {row['epoch']})"
         val_acc = float(history[report["epoch"] - 1]["val_acc"])
         tests.append(report["accuracy"])
-        lines.append(f"| {seed} | {wall_seconds[seed]:.1f} | {elapsed:.1f} | {report['epoch']} | {percent(val_acc)} | "
+        wall = "resumed" if wall_seconds[seed] is None else f"{wall_seconds[seed]:.1f}"
+        lines.append(f"| {seed} | {wall} | {elapsed:.1f} | {report['epoch']} | {percent(val_acc)} | "
                      f"{percent(report['accuracy'])} | {reached} |")
-    lines += ["", "(train.py wall s: the whole command, start-up, data loading and the per-epoch test passes included; "
-                  "training s: the sum of metrics.csv's `seconds`, training and validation.)",
+    lines += ["", "(train.py wall s: the whole command, start-up, data loading and the per-epoch test passes included, "
+                  "\"resumed\" where it was interrupted and continued; training s: the sum of metrics.csv's `seconds`, "
+                  "training and validation.)",
               "", f"**test accuracy over {len(tests)} seed{'s' if len(tests) > 1 else ''}: min {percent(min(tests))}, mean {percent(statistics.mean(tests))}, "
                   f"max {percent(max(tests))}** (best.pt of each, chosen on validation)", "",
               "| epoch | mean test acc | min | max | mean training s so far |", "| ---: | ---: | ---: | ---: | ---: |"]

@@ -2,12 +2,16 @@
 from __future__ import annotations
 
 import csv
+import fcntl
 import json
 import os
 import platform
+import pty
 import re
+import struct
 import subprocess
 import sys
+import termios
 
 import pytest
 import torch
@@ -66,6 +70,32 @@ def test_memory_a_batch_frees_is_reused_without_being_faulted_in_again():
     faults = {mode: int(subprocess.run([sys.executable, "-c", code, mode], cwd=ROOT, capture_output=True, text=True, check=True).stdout)
               for mode in ("default", "keep")}
     assert faults["keep"] * 4 < faults["default"], faults  # seen: 0 against 533,000
+
+
+def test_progress_bars_show_on_a_terminal_and_stay_out_of_logs(mnist_dir, tmp_path):
+    """The epoch's steps and the validation pass get bars with ETA when stderr is a terminal; a log gets none."""
+    args = ["--epochs", "1", "--subset", "256", "--val-size", "256", "--batch-size", "64", "--device", "cpu",
+            "--out-dir", str(tmp_path), "--data-dir", str(mnist_dir)]
+    controller, terminal = pty.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 100, 0, 0))  # rows, columns: tqdm draws nothing in 0 columns
+    process = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=terminal)
+    os.close(terminal)
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(controller, 4096)
+        except OSError:  # EIO: the process has closed its end
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.close(controller)
+    assert process.wait(timeout=300) == 0
+    text = shown.decode(errors="replace")
+    assert re.search(r"epoch 1/1: +\d+%\|.*\| \d/4 \[.*step/s", text), text
+    assert re.search(r"validation: +\d+%\|.*\| \d/1 \[", text), text
+    logged = run_script("train.py", *args)
+    assert logged.returncode == 0 and "%|" not in logged.stderr, logged.stderr
 
 
 def test_train_learns_and_writes_checkpoints_metrics_and_curves(trained):

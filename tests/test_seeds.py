@@ -46,8 +46,9 @@ def test_flags_it_sets_itself_are_refused_after_the_separator():
 
 
 def test_one_seed_end_to_end(tmp_path, mnist_dir):
-    result = run_script("benchmarks/seeds.py", "--seeds", "5", "--device", "cpu", "--data-dir", str(mnist_dir), "--out-dir", str(tmp_path),
-                        "--", "--epochs", "1", "--subset", "512", "--val-size", "256", "--batch-size", "64")
+    command = ["--seeds", "5", "--device", "cpu", "--data-dir", str(mnist_dir), "--out-dir", str(tmp_path),
+               "--", "--epochs", "1", "--subset", "512", "--val-size", "256", "--batch-size", "64"]
+    result = run_script("benchmarks/seeds.py", *command)
     assert result.returncode == 0, result.stderr
     run = tmp_path / "seed5"
     report = json.loads((run / "test_report.json").read_text())
@@ -60,11 +61,25 @@ def test_one_seed_end_to_end(tmp_path, mnist_dir):
     assert float(row.group(3)) == round(100 * test_acc, 2)
     assert float(row.group(1)) > float(row.group(2)) > 0  # the whole command includes start-up and data loading
 
+    # The same command again finds the seed done: nothing is trained or tested again, the summary is the same.
+    trained_at = (run / "best.pt").stat().st_mtime
+    again = run_script("benchmarks/seeds.py", *command)
+    assert again.returncode == 0, again.stderr
+    assert f"=== seed 5: trained and tested earlier, in {run}" in again.stdout
+    assert (run / "best.pt").stat().st_mtime == trained_at and (tmp_path / "summary.md").read_text() == summary
 
-def test_ctrl_c_reaches_train_py_which_saves_before_both_stop(tmp_path, mnist_dir):
+    # Other train.py flags into the same folder would mix two recipes: refused, and nothing is touched.
+    other = run_script("benchmarks/seeds.py", *command[:-1], "32")
+    assert other.returncode == 2 and other.stderr == (f"error: {run} holds a run of train.py flags --epochs 1 --subset 512 "
+                                                      f"--val-size 256 --batch-size 64; choose another --out-dir or remove {run}\n"), other.stderr
+    assert (run / "best.pt").stat().st_mtime == trained_at
+
+
+def test_ctrl_c_reaches_train_py_which_saves_before_both_stop_and_the_same_command_goes_on(tmp_path, mnist_dir):
     """Ctrl-C in a terminal signals the whole foreground process group: seeds.py must wait while train.py saves."""
-    process = subprocess.Popen([sys.executable, str(ROOT / "benchmarks/seeds.py"), "--seeds", "0", "--device", "cpu", "--data-dir", str(mnist_dir),
-                                "--out-dir", str(tmp_path), "--", "--epochs", "1", "--subset", "2048", "--val-size", "256", "--batch-size", "32"],
+    command = ["--seeds", "0", "--device", "cpu", "--data-dir", str(mnist_dir), "--out-dir", str(tmp_path),
+               "--", "--epochs", "1", "--subset", "2048", "--val-size", "256", "--batch-size", "32"]
+    process = subprocess.Popen([sys.executable, str(ROOT / "benchmarks/seeds.py"), *command],
                                cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
     for line in process.stdout:
@@ -73,7 +88,12 @@ def test_ctrl_c_reaches_train_py_which_saves_before_both_stop(tmp_path, mnist_di
     os.killpg(process.pid, signal.SIGINT)
     _, stderr = process.communicate(timeout=300)
     assert process.returncode == 130, stderr
-    assert stderr.rstrip().endswith("error: train.py for seed 0 was interrupted (its output is above)"), stderr
+    assert stderr.rstrip().endswith("error: train.py for seed 0 was interrupted; run the same command again to go on from there"), stderr
     last = torch.load(tmp_path / "seed0" / "last.pt", weights_only=True)
     assert last["epoch"] == 0 and 1 <= last["step"] < 64, last["step"]  # saved mid-epoch, resumable
     assert not (tmp_path / "seed0" / "test_report.json").exists() and not (tmp_path / "summary.md").exists()
+
+    result = run_script("benchmarks/seeds.py", *command)
+    assert result.returncode == 0, result.stderr
+    assert f"resuming {tmp_path / 'seed0' / 'last.pt'} at epoch 1, step {last['step']}/64" in result.stdout
+    assert re.search(r"^\| 0 \| resumed \| [\d.]+ \| 1 \|", (tmp_path / "summary.md").read_text(), re.M), result.stdout
