@@ -42,6 +42,16 @@ def classify(model: torch.nn.Module, images: torch.Tensor, amp: bool) -> torch.T
     return logits.float().softmax(1).cpu()
 
 
+def show_window(plt, path: str) -> None:
+    """plt.show(), or a note where there is no display (matplotlib then picks a file-only backend and shows nothing)."""
+    from matplotlib.backends import BackendFilter, backend_registry
+
+    if plt.get_backend().lower() in backend_registry.list_builtin(BackendFilter.NON_INTERACTIVE):
+        print(f"note: no display to open a window on (matplotlib backend {plt.get_backend()}); the figure is in {path}", file=sys.stderr)
+        return
+    plt.show()
+
+
 def plot_grid(path: str, images: torch.Tensor, probabilities: torch.Tensor, labels: torch.Tensor | None, show: bool) -> None:
     """One panel per image, titled 'predicted (confidence)' and, when known, the true label; mistakes in red."""
     plt = pyplot(interactive=show)
@@ -64,7 +74,7 @@ def plot_grid(path: str, images: torch.Tensor, probabilities: torch.Tensor, labe
     fig.tight_layout()
     save_figure(fig, path, close=not show)
     if show:
-        plt.show()
+        show_window(plt, path)
 
 
 def plot_user_images(path: str, originals: list[torch.Tensor], inputs: torch.Tensor, probabilities: torch.Tensor,
@@ -86,7 +96,7 @@ def plot_user_images(path: str, originals: list[torch.Tensor], inputs: torch.Ten
     fig.tight_layout()
     save_figure(fig, path, close=not show)
     if show:
-        plt.show()
+        show_window(plt, path)
 
 
 def predict_images(model: torch.nn.Module, args) -> None:

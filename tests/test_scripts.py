@@ -172,9 +172,12 @@ def test_test_py_int8_is_reported_as_such_and_lands_near_the_accuracy_train_py_r
     assert json.loads((tmp_path / "test_report.json").read_text())["precision"] == "int8"
 
 
-def test_predict_py_draws_a_grid(trained, mnist_dir, tmp_path):
+def test_predict_py_draws_a_grid_and_says_when_it_cannot_show_it(trained, mnist_dir, tmp_path):
     out = tmp_path / "grid.png"
-    result = run_script("predict.py", "--weights", str(trained / "best.pt"), "--out", str(out), "--num", "9", "--data-dir", str(mnist_dir))
+    # No display (a server, CI): matplotlib falls back to its file-only backend, as MPLBACKEND=agg forces here.
+    result = run_script("predict.py", "--weights", str(trained / "best.pt"), "--out", str(out), "--num", "9", "--data-dir", str(mnist_dir),
+                        "--show", env={"MPLBACKEND": "agg"})
     assert result.returncode == 0, result.stderr
     assert out.read_bytes()[:8] == PNG_MAGIC
     assert re.search(r"9 test digits, \d+ predicted correctly", result.stdout)
+    assert result.stderr == f"note: no display to open a window on (matplotlib backend agg); the figure is in {out}\n", result.stderr
