@@ -1,9 +1,9 @@
 """Train ResNet-18 on MNIST with SGD; save checkpoints, per-epoch metrics and learning curves.
 
-    python train.py                                   # the default recipe on the best device
-    python train.py --epochs 2 --subset 4000          # a quick run
-    python train.py --resume                          # continue an interrupted run exactly
-    torchrun --standalone --nproc_per_node=4 train.py # DDP on 4 GPUs (or CPU processes)
+    python train.py                                                # the default recipe on the best device
+    python train.py --epochs 2 --subset 4000 --out-dir runs/quick  # a quick run, beside checkpoints/
+    python train.py --resume                                       # continue an interrupted run exactly
+    torchrun --standalone --nproc_per_node=4 train.py              # DDP on 4 GPUs (or CPU processes)
 """
 from __future__ import annotations
 
@@ -52,6 +52,8 @@ def parse_args(argv: list[str] | None = None):
     run.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     run.add_argument("--out-dir", default="checkpoints", help="where checkpoints, metrics.csv and curves.png go")
     run.add_argument("--resume", action="store_true", help="continue from OUT_DIR/last.pt with its saved settings")
+    run.add_argument("--overwrite", action="store_true",
+                     help="start afresh in an OUT_DIR that holds an earlier run (its files are replaced as this run writes its own)")
     run.add_argument("--no-amp", dest="amp", action="store_false", help="train in fp32 instead of bf16 autocast")
     run.add_argument("--no-channels-last", dest="channels_last", action="store_false", help="keep NCHW memory format")
     run.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false",
@@ -133,6 +135,16 @@ def resume_command(args) -> str:
     return shlex.join(command)
 
 
+def test_command(args) -> str:
+    """The test.py command for this run's best.pt, with the folders that are not test.py's defaults."""
+    command = ["python", "test.py"]
+    if Path(args.out_dir) != Path("checkpoints"):
+        command += ["--weights", str(Path(args.out_dir) / "best.pt"), "--out-dir", args.out_dir]
+    if args.data_dir:
+        command += ["--data-dir", args.data_dir]
+    return shlex.join(command)
+
+
 def write_metrics_csv(path: Path, history: list[dict]) -> None:
     with atomic_write(path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=METRICS)
@@ -166,6 +178,10 @@ def main(argv: list[str] | None = None) -> torch.nn.Module | None:
     keep_freed_memory()
     args.batch_size = args.batch_size or default_batch_size(device)
     checkpoint = None
+    earlier = [name for name in ("best.pt", "last.pt") if (out_dir / name).exists()]
+    if earlier and not (args.resume or args.overwrite):
+        raise UserError(f"{out_dir} already holds {' and '.join(earlier)} of an earlier run: continue it with --resume, "
+                        "train into another --out-dir, or add --overwrite to replace it")
     if args.resume:
         checkpoint = load_checkpoint(out_dir / "last.pt")
         if "optimizer" not in checkpoint:
@@ -328,7 +344,7 @@ def main(argv: list[str] | None = None) -> torch.nn.Module | None:
     if is_main:
         total = sum(row["seconds"] for row in history)
         best = f"best validation accuracy {100 * best_val_acc:.2f}%" if best_val_acc >= 0 else "no validation split"
-        print(f"done in {total:.1f}s of training: {best}; weights in {out_dir / 'best.pt'}. Next: python test.py")
+        print(f"done in {total:.1f}s of training: {best}; weights in {out_dir / 'best.pt'}. Next: {test_command(args)}")
     if dist.is_initialized():
         dist.destroy_process_group()
     return unwrap(model)

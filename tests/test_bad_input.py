@@ -51,6 +51,7 @@ CASES = [  # (id, script, arguments with {w}=good weights {t}=tmp {d}=data dir, 
     ("unknown-device", "train.py", ["--device", "tpu"], "unknown device 'tpu'"),
     ("cuda-without-gpu", "test.py", ["--weights", "{w}", "--device", "cuda"], "no CUDA GPU is available"),
     ("resume-without-checkpoint", "train.py", ["--resume"], "no checkpoint at"),
+    ("train-over-an-earlier-run", "train.py", ["--out-dir", "{t}/earlier"], "earlier already holds best.pt and last.pt of an earlier run: continue"),
     ("unknown-flag", "test.py", ["--epochs", "3"], "unrecognized arguments: --epochs 3"),
     ("predict-into-missing-folder", "predict.py", ["--weights", "{w}", "--out", "{t}/no/such/dir/p.png"], "does not exist"),
     ("predict-zero-images", "predict.py", ["--weights", "{w}", "--num", "0", "--out", "{t}/p.png"], "--num: must be a positive integer"),
@@ -61,6 +62,8 @@ CASES = [  # (id, script, arguments with {w}=good weights {t}=tmp {d}=data dir, 
 def workspace(tmp_path_factory, mnist_dir):
     folder = tmp_path_factory.mktemp("bad_input")
     save_checkpoint(folder / "good.pt", ResNet18(), epoch=1)
+    for name in ("best.pt", "last.pt"):  # a finished run that a new one must not replace unasked
+        save_checkpoint(folder / "earlier" / name, ResNet18(), epoch=1)
     (folder / "empty.pt").write_bytes(b"")
     (folder / "truncated.pt").write_bytes((folder / "good.pt").read_bytes()[:100_000])
     (folder / "notes.txt").write_text("not a checkpoint\n")
@@ -76,7 +79,7 @@ def test_bad_input_gets_one_line_exit_2_and_writes_nothing(workspace, mnist_dir,
     if "cuda" in arguments and torch.cuda.is_available():
         pytest.skip("a GPU is present")
     arguments = [a.format(w=workspace / "good.pt", t=workspace, d=mnist_dir) for a in arguments]
-    if script == "train.py":
+    if script == "train.py" and "--out-dir" not in arguments:
         arguments += ["--out-dir", str(workspace / "out")]
     if script == "test.py":
         arguments += ["--out-dir", str(workspace / "reports")]

@@ -163,7 +163,7 @@ def test_weights_of_another_shape_are_refused_with_one_line(tmp_path):
 def test_a_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(straight_run, mnist_dir, tmp_path):
     good = (straight_run / "last.pt").read_bytes()
     (tmp_path / "last.pt").write_bytes(good)
-    result = run_script("train.py", *TINY, "--lr", "1e9", "--out-dir", str(tmp_path), "--data-dir", str(mnist_dir))
+    result = run_script("train.py", *TINY, "--lr", "1e9", "--overwrite", "--out-dir", str(tmp_path), "--data-dir", str(mnist_dir))
     assert result.returncode == 1
     assert "non-finite at epoch 1, step" in result.stderr and "Traceback" not in result.stderr
     assert (tmp_path / "last.pt").read_bytes() == good

@@ -8,6 +8,7 @@ import os
 import platform
 import pty
 import re
+import shlex
 import struct
 import subprocess
 import sys
@@ -94,11 +95,11 @@ def test_progress_bars_show_on_a_terminal_and_stay_out_of_logs(mnist_dir, tmp_pa
     text = shown.decode(errors="replace")
     assert re.search(r"epoch 1/1: +\d+%\|.*\| \d/4 \[.*step/s", text), text
     assert re.search(r"validation: +\d+%\|.*\| \d/1 \[", text), text
-    logged = run_script("train.py", *args)
+    logged = run_script("train.py", *args, "--overwrite")  # the same folder again: the run above is replaced
     assert logged.returncode == 0 and "%|" not in logged.stderr, logged.stderr
 
 
-def test_train_learns_and_writes_checkpoints_metrics_and_curves(trained):
+def test_train_learns_and_writes_checkpoints_metrics_and_curves(trained, mnist_dir):
     for name in ("best.pt", "last.pt", "metrics.csv", "curves.png"):
         assert (trained / name).is_file(), name
     assert (trained / "curves.png").read_bytes()[:8] == PNG_MAGIC
@@ -111,7 +112,11 @@ def test_train_learns_and_writes_checkpoints_metrics_and_curves(trained):
     assert last["epoch"] == 2 and last["step"] == 0 and "optimizer" in last and "scheduler" in last
     best = torch.load(trained / "best.pt", weights_only=True)
     assert best["metrics"]["val_acc"] == max(float(r["val_acc"]) for r in rows)
-    assert len(re.findall(r"^epoch +\d+/2 ", (trained / "train_stdout.txt").read_text(), re.M)) == 2
+    stdout = (trained / "train_stdout.txt").read_text()
+    assert len(re.findall(r"^epoch +\d+/2 ", stdout, re.M)) == 2
+    # The command it suggests next tests these weights, not checkpoints/best.pt, and reads MNIST where training did.
+    suggested = shlex.split(re.search(r"Next: (.+)$", stdout, re.M).group(1))
+    assert suggested == ["python", "test.py", "--weights", str(trained / "best.pt"), "--out-dir", str(trained), "--data-dir", str(mnist_dir)]
 
 
 def independent_test_accuracy(weights, mnist_dir) -> int:
