@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 from utils import ArgumentParser, UserError, run_cli, write_json  # noqa: E402
 
 OWN_FLAGS = ("--seed", "--out-dir", "--test-each-epoch")  # set per seed by this script
-RUN_RECORD = "seeds_run.json"  # in each seed's folder: the train.py flags it was started with, then its wall-clock time
+RUN_RECORD = "seeds_run.json"  # in each seed's folder: its train.py flags, whether training finished, and how long it took
 
 
 def parse_args(argv: list[str] | None = None):
@@ -87,8 +87,8 @@ def run_seed(seed: int, run_dir: Path, args) -> float | None:
         run_child(train, f"train.py for seed {seed}")
         record.update(trained=True, wall_seconds=None if started_before else time.perf_counter() - started)
         write_json(record_path, record)
-    report = run_dir / "test_report.json"
-    if report.exists() and report.stat().st_mtime >= (run_dir / "best.pt").stat().st_mtime:
+    report, weights = run_dir / "test_report.json", run_dir / "best.pt"
+    if report.exists() and weights.exists() and report.stat().st_mtime >= weights.stat().st_mtime:
         print(f"\n=== seed {seed}: trained and tested earlier, in {run_dir}", flush=True)
     else:
         run_child(test, f"test.py for seed {seed}")
