@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> None:
 
     synchronize(device)
     started = time.perf_counter()
-    batches = progress(data.batches(images, labels, args.batch_size), total=math.ceil(len(images) / args.batch_size),
+    batches = progress(data.batches(images, labels, args.batch_size), total=len(data.batch_bounds(len(images), args.batch_size)),
                        desc="test", unit="batch")
     result = evaluate(model, batches, args.amp)
     synchronize(device)
