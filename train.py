@@ -53,7 +53,7 @@ def parse_args(argv: list[str] | None = None):
     run.add_argument("--out-dir", default="checkpoints", help="where checkpoints, metrics.csv and curves.png go")
     run.add_argument("--resume", action="store_true", help="continue from OUT_DIR/last.pt with its saved settings")
     run.add_argument("--overwrite", action="store_true",
-                     help="start afresh in an OUT_DIR that holds an earlier run (its files are replaced as this run writes its own)")
+                     help="start afresh in an OUT_DIR that holds an earlier run (kept until this run saves its first checkpoint)")
     run.add_argument("--no-amp", dest="amp", action="store_false", help="train in fp32 instead of bf16 autocast")
     run.add_argument("--no-channels-last", dest="channels_last", action="store_false", help="keep NCHW memory format")
     run.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false",
@@ -298,6 +298,9 @@ def main(argv: list[str] | None = None) -> torch.nn.Module | None:
             if flags[1]:
                 bar.close()
                 if is_main:
+                    if not history:  # stopped in an --overwrite run's first epoch: no earlier run's best.pt beside this last.pt
+                        for name in ("best.pt", "metrics.csv", "curves.png"):
+                            (out_dir / name).unlink(missing_ok=True)
                     partial = {"loss": step_loss.cpu(), "correct": step_correct.cpu(), "count": step_count.cpu(),
                                "seconds": time.perf_counter() - started}
                     save_checkpoint(out_dir / "last.pt", model, **state(epoch, step + 1, partial))

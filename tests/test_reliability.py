@@ -104,6 +104,19 @@ def test_interrupt_mid_epoch_saves_and_resume_equals_an_uninterrupted_run(straig
         assert float(resumed_epoch["seconds"]) > 1000.0, resumed_epoch
 
 
+def test_an_overwrite_stopped_in_its_first_epoch_leaves_no_earlier_best_pt(straight_run, mnist_dir, tmp_path):
+    for name in ("best.pt", "last.pt", "metrics.csv", "curves.png"):
+        (tmp_path / name).write_bytes((straight_run / name).read_bytes())
+    process = start_training(tmp_path, mnist_dir, "--device", "cpu", "--overwrite")
+    wait_for_line(process, "ResNet-18")
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGINT, stderr
+    assert load_checkpoint(tmp_path / "last.pt")["epoch"] == 0  # this run's, mid-epoch 1
+    # Nothing of the earlier run is left for test.py to pick up as if this run had written it.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
+
+
 def test_a_write_that_fails_half_way_leaves_the_previous_checkpoint_loadable(tmp_path, monkeypatch):
     good = ResNet18()
     save_checkpoint(tmp_path / "best.pt", good, epoch=1)
