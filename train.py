@@ -27,6 +27,9 @@ from utils import (ArgumentParser, UserError, atomic_write, autocast, bf16_suppo
 METRICS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc", "lr", "seconds"]
 # Flags that describe where and how to run rather than what to train: --resume keeps these from the command line.
 RUNTIME_FLAGS = {"device", "data_dir", "out_dir", "resume", "cuda_graphs"}
+# Besides last.pt, what a run leaves in OUT_DIR: its weights and what train.py, test.py and predict.py made of them.
+RUN_OUTPUTS = ("best.pt", "metrics.csv", "curves.png", "test_report.json", "confusion_matrix.png", "robustness.json",
+               "robustness.png", "predictions.png")
 
 
 def parse_args(argv: list[str] | None = None):
@@ -170,6 +173,13 @@ def plot_curves(path: Path, history: list[dict]) -> None:
     save_figure(fig, path)
 
 
+def remove_earlier_outputs(out_dir: Path) -> None:
+    """Called at a run's first save, so an --overwrite run leaves no earlier weights or reports beside its own last.pt
+    for test.py or a reader to take for this run's."""
+    for name in RUN_OUTPUTS:
+        (out_dir / name).unlink(missing_ok=True)
+
+
 def main(argv: list[str] | None = None) -> torch.nn.Module | None:
     """Train as the command line says; returns the trained model (None if a finished run was resumed)."""
     args = parse_args(argv)
@@ -298,9 +308,8 @@ def main(argv: list[str] | None = None) -> torch.nn.Module | None:
             if flags[1]:
                 bar.close()
                 if is_main:
-                    if not history:  # stopped in an --overwrite run's first epoch: no earlier run's best.pt beside this last.pt
-                        for name in ("best.pt", "metrics.csv", "curves.png"):
-                            (out_dir / name).unlink(missing_ok=True)
+                    if not history:  # this run's first save
+                        remove_earlier_outputs(out_dir)
                     partial = {"loss": step_loss.cpu(), "correct": step_correct.cpu(), "count": step_count.cpu(),
                                "seconds": time.perf_counter() - started}
                     save_checkpoint(out_dir / "last.pt", model, **state(epoch, step + 1, partial))
@@ -324,6 +333,8 @@ def main(argv: list[str] | None = None) -> torch.nn.Module | None:
         history.append(row)
 
         if is_main:
+            if len(history) == 1:  # this run's first save
+                remove_earlier_outputs(out_dir)
             # With no validation split there is nothing to choose on: best.pt is simply the latest epoch. Ties go to the
             # later epoch: 5,000 images resolve 0.02%, so late epochs often tie, and the later one has trained longer.
             improved = row["val_acc"] == "" or row["val_acc"] >= best_val_acc

@@ -104,9 +104,16 @@ def test_interrupt_mid_epoch_saves_and_resume_equals_an_uninterrupted_run(straig
         assert float(resumed_epoch["seconds"]) > 1000.0, resumed_epoch
 
 
-def test_an_overwrite_stopped_in_its_first_epoch_leaves_no_earlier_best_pt(straight_run, mnist_dir, tmp_path):
+def copy_an_earlier_run_with_its_reports(run_dir, out_dir):
     for name in ("best.pt", "last.pt", "metrics.csv", "curves.png"):
-        (tmp_path / name).write_bytes((straight_run / name).read_bytes())
+        (out_dir / name).write_bytes((run_dir / name).read_bytes())
+    # What test.py, test.py --robustness and predict.py wrote of its weights:
+    for name in ("test_report.json", "confusion_matrix.png", "robustness.json", "robustness.png", "predictions.png"):
+        (out_dir / name).write_text("of the earlier weights")
+
+
+def test_an_overwrite_stopped_in_its_first_epoch_leaves_no_earlier_best_pt(straight_run, mnist_dir, tmp_path):
+    copy_an_earlier_run_with_its_reports(straight_run, tmp_path)
     process = start_training(tmp_path, mnist_dir, "--device", "cpu", "--overwrite")
     wait_for_line(process, "ResNet-18")
     process.send_signal(signal.SIGINT)
@@ -115,6 +122,14 @@ def test_an_overwrite_stopped_in_its_first_epoch_leaves_no_earlier_best_pt(strai
     assert load_checkpoint(tmp_path / "last.pt")["epoch"] == 0  # this run's, mid-epoch 1
     # Nothing of the earlier run is left for test.py to pick up as if this run had written it.
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
+
+
+def test_an_overwrite_run_leaves_no_report_of_the_earlier_weights(straight_run, mnist_dir, tmp_path):
+    copy_an_earlier_run_with_its_reports(straight_run, tmp_path)
+    result = run_script("train.py", *TINY, "--epochs", "1", "--overwrite", "--out-dir", str(tmp_path), "--data-dir", str(mnist_dir))
+    assert result.returncode == 0, result.stderr
+    assert load_checkpoint(tmp_path / "best.pt")["epoch"] == 1  # this run's
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "curves.png", "last.pt", "metrics.csv"]
 
 
 def test_a_write_that_fails_half_way_leaves_the_previous_checkpoint_loadable(tmp_path, monkeypatch):
