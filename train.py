@@ -173,10 +173,10 @@ def plot_curves(path: Path, history: list[dict]) -> None:
     save_figure(fig, path)
 
 
-def remove_earlier_outputs(out_dir: Path) -> None:
-    """Called at a run's first save, so an --overwrite run leaves no earlier weights or reports beside its own last.pt
-    for test.py or a reader to take for this run's."""
-    for name in RUN_OUTPUTS:
+def remove_earlier_outputs(out_dir: Path, just_written: tuple[str, ...] = ()) -> None:
+    """Called right after a run's first save, so an --overwrite run leaves no earlier weights or reports beside its own
+    for test.py or a reader to take for this run's; until that save is on disk, the earlier run stays whole."""
+    for name in set(RUN_OUTPUTS) - set(just_written):
         (out_dir / name).unlink(missing_ok=True)
 
 
@@ -308,11 +308,11 @@ def main(argv: list[str] | None = None) -> torch.nn.Module | None:
             if flags[1]:
                 bar.close()
                 if is_main:
-                    if not history:  # this run's first save
-                        remove_earlier_outputs(out_dir)
                     partial = {"loss": step_loss.cpu(), "correct": step_correct.cpu(), "count": step_count.cpu(),
                                "seconds": time.perf_counter() - started}
                     save_checkpoint(out_dir / "last.pt", model, **state(epoch, step + 1, partial))
+                    if not history:  # this run's first save
+                        remove_earlier_outputs(out_dir)
                     print(f"saved {out_dir / 'last.pt'} at epoch {epoch + 1}, step {step + 1}/{steps_per_epoch}; "
                           f"continue with: {resume_command(args)}", file=sys.stderr)
                 signum = stop["signal"] or signal.SIGTERM
@@ -333,8 +333,6 @@ def main(argv: list[str] | None = None) -> torch.nn.Module | None:
         history.append(row)
 
         if is_main:
-            if len(history) == 1:  # this run's first save
-                remove_earlier_outputs(out_dir)
             # With no validation split there is nothing to choose on: best.pt is simply the latest epoch. Ties go to the
             # later epoch: 5,000 images resolve 0.02%, so late epochs often tie, and the later one has trained longer.
             improved = row["val_acc"] == "" or row["val_acc"] >= best_val_acc
@@ -344,6 +342,8 @@ def main(argv: list[str] | None = None) -> torch.nn.Module | None:
             save_checkpoint(out_dir / "last.pt", model, **state(epoch + 1, 0, None))
             write_metrics_csv(out_dir / "metrics.csv", history)
             plot_curves(out_dir / "curves.png", history)
+            if len(history) == 1:  # this run's first save (its first epoch always improves on best_val_acc = -1)
+                remove_earlier_outputs(out_dir, just_written=("best.pt", "metrics.csv", "curves.png"))
             val_text = f"val loss {row['val_loss']:.4f} acc {100 * row['val_acc']:.2f}%{' *' if improved else ''}" if row["val_acc"] != "" else "no validation"
             if row["test_acc"] != "":
                 val_text += f"  test acc {100 * row['test_acc']:.2f}%"
