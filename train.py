@@ -174,8 +174,9 @@ def plot_curves(path: Path, history: list[dict]) -> None:
 
 
 def remove_earlier_outputs(out_dir: Path, just_written: tuple[str, ...] = ()) -> None:
-    """Called right after a run's first save, so an --overwrite run leaves no earlier weights or reports beside its own
-    for test.py or a reader to take for this run's; until that save is on disk, the earlier run stays whole."""
+    """Called right after a run's first save, so a new run (an --overwrite one, or one into a folder that held only
+    reports) leaves no earlier weights or reports beside its own for test.py or a reader to take for this run's;
+    until that save is on disk, the earlier run stays whole."""
     for name in set(RUN_OUTPUTS) - set(just_written):
         (out_dir / name).unlink(missing_ok=True)
 
