@@ -25,7 +25,7 @@ def rendered(tmp_path_factory, mnist_dir):
     return write_rendered(images[:N_DIGITS].numpy(), labels[:N_DIGITS].numpy(), folder), images[:N_DIGITS], labels[:N_DIGITS]
 
 
-def test_photos_of_digits_score_within_3_points_of_the_originals(trained, rendered, tmp_path):
+def test_photos_of_digits_score_within_5_points_of_the_originals(trained, rendered, tmp_path):
     paths, images, labels = rendered
     result = run_script("predict.py", "--images", str(paths[0].parent), "--json", "--weights", str(trained / "best.pt"),
                         "--out", str(tmp_path / "seen.png"), "--device", "cpu")
@@ -41,9 +41,29 @@ def test_photos_of_digits_score_within_3_points_of_the_originals(trained, render
                                for p in paths])
     control = (classify(model, unprocessed, amp=True).argmax(1) == labels).float().mean().item()
 
-    assert abs(on_files - on_originals) <= 0.03, (on_files, on_originals)
+    # The 2-epoch model (~87%) has many close calls, and re-rendering flips 7-9% of its predictions both ways, so 300
+    # digits leave about 1.6 points of noise on the gap (measured: 2.0 points; 2.5 over 1,000 digits). Fitting the
+    # digit to a 16 or 26 pixel box instead of 20 costs 6-14 points; test_photos_of_digits_come_back_as_mnist_digits
+    # checks the preprocessing itself more finely.
+    print(f"\nrendered files {on_files:.1%}, originals {on_originals:.1%}, rendered without preprocessing {control:.1%}")
+    assert abs(on_files - on_originals) <= 0.05, (on_files, on_originals)
     assert control < on_files - 0.5, (control, on_files)
     assert (tmp_path / "seen.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_photos_of_digits_come_back_as_mnist_digits(rendered):
+    paths, images, _ = rendered
+    recovered = torch.stack([data.digit_to_mnist(data.read_image(p)) for p in paths])
+    originals = images.float() / 255
+    # Half a pixel of rounding in the box and centring moves thin strokes, so a right pipeline differs from the
+    # originals by about half their ink (median 0.50); a 16 or 26 pixel box, no centring by mass or no contrast
+    # stretch gives 0.73-1.33.
+    difference = (recovered - originals).abs().sum(dim=(1, 2)) / originals.sum(dim=(1, 2))
+    ink_kept = (recovered.sum() / originals.sum()).item()
+    print(f"\nrecovered digits: median difference {difference.median():.2f} of the ink, {ink_kept:.1%} of the ink kept")
+    assert difference.median() < 0.6, difference.median()
+    # Strokes as thick as MNIST's: setting the zero level inside their soft edges once lost 16% of the ink.
+    assert abs(ink_kept - 1) < 0.05, ink_kept
 
 
 def test_one_bad_file_is_reported_and_the_others_are_still_classified(trained, rendered, tmp_path):
