@@ -14,8 +14,8 @@ import torch
 
 import data
 from model import load_model
-from utils import (ArgumentParser, UserError, autocast, check_writable_dir, pick_device, positive_int, pyplot, run_cli,
-                   save_figure)
+from utils import (ArgumentParser, UserError, autocast, check_writable_dir, pick_device, positive_int, pyplot, random_seed,
+                   run_cli, save_figure)
 
 
 def parse_args(argv: list[str] | None = None):
@@ -25,7 +25,7 @@ def parse_args(argv: list[str] | None = None):
     parser.add_argument("--images", nargs="+", metavar="PATH", help="classify these image files / folders instead of test digits")
     parser.add_argument("--json", action="store_true", help="with --images: print JSON instead of one line per image")
     parser.add_argument("--num", type=positive_int, default=16, help="how many test digits to show")
-    parser.add_argument("--seed", type=int, default=0, help="which random digits to pick")
+    parser.add_argument("--seed", type=random_seed, default=0, help="which random digits to pick")
     parser.add_argument("--out", default="checkpoints/predictions.png", help="where to save the figure")
     parser.add_argument("--show", action="store_true", help="also open the figure in a window")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")

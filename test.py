@@ -17,7 +17,7 @@ import torch.nn.functional as F
 import data
 from model import evaluate, load_model, quantize_int8
 from utils import (ArgumentParser, UserError, bf16_supported, keep_freed_memory, pick_device, positive_int, progress, pyplot,
-                   run_cli, save_figure, synchronize, write_json)
+                   random_seed, run_cli, save_figure, synchronize, write_json)
 
 CALIBRATION_IMAGES = 256  # training images whose activation ranges set the int8 scales (1,000 or 5,000: no better)
 
@@ -35,7 +35,7 @@ def parse_args(argv: list[str] | None = None):
                              "(about twice as fast as bf16, predictions within a few images of fp32)")
     parser.add_argument("--robustness", action="store_true", help="also measure accuracy under corruptions (rotation, noise, ...)")
     parser.add_argument("--robustness-images", type=positive_int, default=10000, help="test images used for --robustness")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random corruptions")
+    parser.add_argument("--seed", type=random_seed, default=0, help="seed of the random corruptions")
     return parser.parse_args(argv)
 
 

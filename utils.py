@@ -5,6 +5,7 @@ import argparse
 import contextlib
 import ctypes
 import json
+import math
 import os
 import platform
 import sys
@@ -82,6 +83,30 @@ def positive_float(text: str) -> float:
     value = float(text)
     if not value > 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def float_between(low: float, high: float = math.inf, high_allowed: bool = True) -> Callable[[str], float]:
+    """An argparse type: a finite number from low to high (high itself only if high_allowed), so that a value torch
+    would reject mid-setup with a traceback is refused as the command line is read."""
+    wanted = (f"{low:g} or more" if high == math.inf
+              else f"from {low:g} to {high:g}" if high_allowed else f"from {low:g} to below {high:g}")
+
+    def parse(text: str) -> float:
+        value = float(text)
+        if not (math.isfinite(value) and low <= value and (value <= high if high_allowed else value < high)):
+            raise argparse.ArgumentTypeError(f"must be {wanted}, got {text}")
+        return value
+
+    parse.__name__ = "float"  # argparse's own message for a non-number: "invalid float value: 'x'"
+    return parse
+
+
+def random_seed(text: str) -> int:
+    """An argparse type: the seeds torch's generators take, 0 to 2**32 - 1 (numpy's range too)."""
+    value = int(text)
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"must be from 0 to {2**32 - 1}, got {text}")
     return value
 
 

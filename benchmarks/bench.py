@@ -24,8 +24,8 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import data  # noqa: E402
 from model import ResNet18, fold_batchnorm, graph_training_step, quantize_int8, to_device  # noqa: E402
-from utils import (ArgumentParser, autocast, bf16_supported, keep_freed_memory, pick_device, positive_int, progress,  # noqa: E402
-                   run_cli, synchronize)
+from utils import (ArgumentParser, autocast, bf16_supported, keep_freed_memory, pick_device, positive_float, positive_int,  # noqa: E402
+                   progress, run_cli, synchronize)
 from train import default_batch_size  # noqa: E402
 
 TRAIN_GFLOP, FORWARD_GFLOP = 3.32, 1.11  # per 32x32 image, counted with torch.utils.flop_counter.FlopCounterMode
@@ -41,7 +41,7 @@ def parse_args(argv=None):
     parser.add_argument("--eval-batch-size", type=positive_int, default=1000, help="our evaluation batch size")
     parser.add_argument("--peer-batch-size", type=positive_int, default=128, help="the peer pipeline's batch size")
     parser.add_argument("--profile", action="store_true", help="also print where our steps' time goes, kernel by kernel")
-    parser.add_argument("--peak-tflops", type=float, default=800.0, help="the GPU's bf16 matrix peak, for the ceiling column")
+    parser.add_argument("--peak-tflops", type=positive_float, default=800.0, help="the GPU's bf16 matrix peak, for the ceiling column")
     return parser.parse_args(argv)
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from utils import ArgumentParser, UserError, run_cli, write_json  # noqa: E402
+from utils import ArgumentParser, UserError, random_seed, run_cli, write_json  # noqa: E402
 
 OWN_FLAGS = ("--seed", "--out-dir", "--test-each-epoch")  # set per seed by this script
 RUN_RECORD = "seeds_run.json"  # in each seed's folder: its train.py flags, whether training finished, and how long it took
@@ -37,7 +37,7 @@ def parse_args(argv: list[str] | None = None):
     own, train_args = (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if "--" in argv else (argv, [])
     parser = ArgumentParser(description="Train and test one run per seed; print the spread of test accuracy and the time to a target.",
                             epilog="Flags after -- go to train.py, e.g. -- --epochs 20 --batch-size 1024.")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="one run per seed, one after another")
+    parser.add_argument("--seeds", type=random_seed, nargs="+", default=[0, 1, 2], help="one run per seed, one after another")
     parser.add_argument("--out-dir", default="runs", help="each seed's run goes to OUT_DIR/seedN, the summary to OUT_DIR/summary.md")
     parser.add_argument("--target", type=float, default=99.5, help="test accuracy (%%) whose time to reach is reported")
     parser.add_argument("--data-dir", help="folder containing MNIST/raw (default: $MNIST_DATA_DIR, else ./data)")

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import hashlib
+import importlib
+import re
 
 import pytest
 import torch
@@ -99,3 +101,22 @@ def test_int8_off_the_cpu_is_refused_with_what_to_do():
 
     with pytest.raises(UserError, match=r"--int8 runs on the CPU only .* not cuda: add --device cpu"):
         int8_copy(ResNet18(), None, torch.device("cuda"))
+
+
+@pytest.mark.parametrize("script, arguments, expected", [
+    ("train", ["--warmup", "1"], "--warmup: must be from 0 to below 1, got 1"),
+    ("train", ["--label-smoothing", "1.5"], "--label-smoothing: must be from 0 to 1, got 1.5"),
+    ("train", ["--momentum", "-0.9"], "--momentum: must be from 0 to below 1, got -0.9"),
+    ("train", ["--weight-decay", "nan"], "--weight-decay: must be 0 or more, got nan"),
+    ("train", ["--weight-decay", "lots"], "--weight-decay: invalid float value: 'lots'"),
+    ("train", ["--seed", "99999999999999999999"], "--seed: must be from 0 to 4294967295, got 99999999999999999999"),
+    ("test", ["--seed", "-1"], "--seed: must be from 0 to 4294967295, got -1"),
+    ("predict", ["--seed", "4294967296"], "--seed: must be from 0 to 4294967295, got 4294967296"),
+])
+def test_numbers_out_of_range_are_refused_as_the_command_line_is_read(script, arguments, expected):
+    # In-process: the one line and exit code 2 of such a refusal are checked end to end above (e.g. negative-lr);
+    # without these checks each of them was a traceback from torch (an optimizer, scheduler, loss or generator).
+    from utils import UserError
+
+    with pytest.raises(UserError, match=re.escape(expected)):
+        importlib.import_module(script).parse_args(arguments)

@@ -196,3 +196,25 @@ def test_a_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(str
     assert "non-finite at epoch 1, step" in result.stderr and "Traceback" not in result.stderr
     assert (tmp_path / "last.pt").read_bytes() == good
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
+
+
+def test_the_schedule_rises_then_falls_for_any_number_of_steps():
+    from train import one_cycle_schedule
+
+    # torch's OneCycleLR alone divides by zero where the warm-up is exactly one step: (5, 0.2), (4, 0.25), (2, 0.5).
+    for total_steps in range(1, 21):
+        for warmup in (0.0, 0.1, 0.2, 0.25, 0.5, 0.9):
+            optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+            scheduler = one_cycle_schedule(optimizer, 0.1, total_steps, warmup)
+            lrs = []
+            for _ in range(total_steps):
+                lrs.append(optimizer.param_groups[0]["lr"])
+                optimizer.step()
+                scheduler.step()
+            top = lrs.index(max(lrs))
+            assert 0 < min(lrs) and max(lrs) <= 0.1 * (1 + 1e-9), (total_steps, warmup, lrs)
+            assert lrs[: top + 1] == sorted(lrs[: top + 1]) and lrs[top:] == sorted(lrs[top:], reverse=True), (total_steps, warmup, lrs)
+            if warmup * total_steps >= 2:  # a warm-up of two steps or more starts at OneCycleLR's peak / 25
+                assert lrs[0] == pytest.approx(0.1 / 25)
+            if warmup * total_steps == 1:  # one step: the limit of a shorter warm-up, the peak at once
+                assert lrs[0] == pytest.approx(0.1)
