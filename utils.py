@@ -103,7 +103,8 @@ def float_between(low: float, high: float = math.inf, high_allowed: bool = True)
 
 
 def random_seed(text: str) -> int:
-    """An argparse type: the seeds torch's generators take, 0 to 2**32 - 1 (numpy's range too)."""
+    """An argparse type: a seed from 0 to 2**32 - 1, numpy's range, small enough that data.py's per-epoch seeds
+    (seed * 100_003 + epoch) stay within the 64 bits torch's generators take."""
     value = int(text)
     if not 0 <= value < 2**32:
         raise argparse.ArgumentTypeError(f"must be from 0 to {2**32 - 1}, got {text}")
