@@ -132,10 +132,12 @@ def independent_test_accuracy(weights, mnist_dir) -> int:
     dataset = torchvision.datasets.MNIST(mnist_dir, train=False)
     x = F.interpolate(dataset.data.float().div(255).unsqueeze(1), size=32, mode="bilinear", align_corners=False).clamp(0, 1)
     x = (x - checkpoint["normalization"]["mean"]) / checkpoint["normalization"]["std"]
-    correct = 0
+    # Small batches: this process keeps glibc's default of unmapping large freed blocks (test.py does not), so each
+    # batch of 1,000 faults its activations back in: 84 s per 10,000 images against 57 s in batches of 100 (dev CPU).
+    batch, correct = 100, 0
     with torch.no_grad():
-        for start in range(0, len(x), 1000):
-            correct += (model(x[start : start + 1000]).argmax(1) == dataset.targets[start : start + 1000]).sum().item()
+        for start in range(0, len(x), batch):
+            correct += (model(x[start : start + batch]).argmax(1) == dataset.targets[start : start + batch]).sum().item()
     return correct
 
 
