@@ -333,8 +333,11 @@ def main(argv: list[str] | None = None) -> torch.nn.Module | None:
         train_loss, train_correct, train_count = all_reduce_sum(step_loss.sum(), step_correct.sum(), step_count.sum())
         average_batchnorm_statistics(model, world_size)
 
+        # The lr the next step would take; past the last step OneCycleLR extrapolates its cosine back up (0.0146 after a
+        # 5-step run), so there the schedule's own floor, which the last step took.
+        lr = scheduler.get_last_lr()[0] if scheduler.last_epoch < scheduler.total_steps else optimizer.param_groups[0]["min_lr"]
         row = {"epoch": epoch + 1, "train_loss": train_loss.item() / train_count.item(), "train_acc": train_correct.item() / train_count.item(),
-               "val_loss": "", "val_acc": "", "test_loss": "", "test_acc": "", "lr": scheduler.get_last_lr()[0]}
+               "val_loss": "", "val_acc": "", "test_loss": "", "test_acc": "", "lr": lr}
         if len(val_x):
             row["val_loss"], row["val_acc"] = loss_and_accuracy(val_x, val_y, "validation")
         synchronize(device)

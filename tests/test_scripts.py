@@ -108,6 +108,8 @@ def test_train_learns_and_writes_checkpoints_metrics_and_curves(trained, mnist_d
     assert set(rows[0]) == {"epoch", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc", "lr", "seconds"}
     assert float(rows[-1]["val_acc"]) > 0.8 and float(rows[-1]["test_acc"]) > 0.8, rows  # chance is 0.1
     assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
+    # Epoch 1 ends on the falling cosine; training ends at OneCycleLR's floor (peak / 25 / 1e4), not past it.
+    assert 0.001 < float(rows[0]["lr"]) < 0.05 and float(rows[-1]["lr"]) == pytest.approx(0.05 / 25 / 1e4)
     last = torch.load(trained / "last.pt", weights_only=True)
     assert last["epoch"] == 2 and last["step"] == 0 and "optimizer" in last and "scheduler" in last
     best = torch.load(trained / "best.pt", weights_only=True)

@@ -78,7 +78,7 @@ def test_one_seed_end_to_end(tmp_path, mnist_dir):
 def test_ctrl_c_reaches_train_py_which_saves_before_both_stop_and_the_same_command_goes_on(tmp_path, mnist_dir):
     """Ctrl-C in a terminal signals the whole foreground process group: seeds.py must wait while train.py saves."""
     command = ["--seeds", "0", "--device", "cpu", "--data-dir", str(mnist_dir), "--out-dir", str(tmp_path),
-               "--", "--epochs", "1", "--subset", "2048", "--val-size", "256", "--batch-size", "32"]
+               "--", "--epochs", "1", "--subset", "1024", "--val-size", "256", "--batch-size", "32"]
     process = subprocess.Popen([sys.executable, str(ROOT / "benchmarks/seeds.py"), *command],
                                cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
@@ -90,10 +90,10 @@ def test_ctrl_c_reaches_train_py_which_saves_before_both_stop_and_the_same_comma
     assert process.returncode == 130, stderr
     assert stderr.rstrip().endswith("error: train.py for seed 0 was interrupted; run the same command again to go on from there"), stderr
     last = torch.load(tmp_path / "seed0" / "last.pt", weights_only=True)
-    assert last["epoch"] == 0 and 1 <= last["step"] < 64, last["step"]  # saved mid-epoch, resumable
+    assert last["epoch"] == 0 and 1 <= last["step"] < 32, last["step"]  # saved mid-epoch, resumable
     assert not (tmp_path / "seed0" / "test_report.json").exists() and not (tmp_path / "summary.md").exists()
 
     result = run_script("benchmarks/seeds.py", *command)
     assert result.returncode == 0, result.stderr
-    assert f"resuming {tmp_path / 'seed0' / 'last.pt'} at epoch 1, step {last['step']}/64" in result.stdout
+    assert f"resuming {tmp_path / 'seed0' / 'last.pt'} at epoch 1, step {last['step']}/32" in result.stdout
     assert re.search(r"^\| 0 \| resumed \| [\d.]+ \| 1 \|", (tmp_path / "summary.md").read_text(), re.M), result.stdout
