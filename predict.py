@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+from pathlib import Path
 
 import torch
 
@@ -26,7 +27,7 @@ def parse_args(argv: list[str] | None = None):
     parser.add_argument("--json", action="store_true", help="with --images: print JSON instead of one line per image")
     parser.add_argument("--num", type=positive_int, default=16, help="how many test digits to show")
     parser.add_argument("--seed", type=random_seed, default=0, help="which random digits to pick")
-    parser.add_argument("--out", default="checkpoints/predictions.png", help="where to save the figure")
+    parser.add_argument("--out", help="where to save the figure (default: predictions.png in the folder of --weights)")
     parser.add_argument("--show", action="store_true", help="also open the figure in a window")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     parser.add_argument("--no-amp", dest="amp", action="store_false", help="predict in fp32 instead of bf16 autocast")
@@ -137,9 +138,10 @@ def predict_images(model: torch.nn.Module, args) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    check_writable_dir(args.out, "--out")
     device = pick_device(args.device)
     model, _ = load_model(args.weights, device)
+    args.out = args.out or str(Path(args.weights).parent / "predictions.png")  # beside the weights it shows
+    check_writable_dir(args.out, "--out")
     if args.images:
         predict_images(model, args)
         return

@@ -26,7 +26,7 @@ def parse_args(argv: list[str] | None = None):
     parser = ArgumentParser(description="Report test-set accuracy of saved ResNet-18 weights.")
     parser.add_argument("--weights", default="checkpoints/best.pt", help="checkpoint written by train.py")
     parser.add_argument("--data-dir", help="folder containing MNIST/raw (default: $MNIST_DATA_DIR, else ./data)")
-    parser.add_argument("--out-dir", default="checkpoints", help="where test_report.json and confusion_matrix.png go")
+    parser.add_argument("--out-dir", help="where test_report.json and confusion_matrix.png go (default: the folder of --weights)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     parser.add_argument("--batch-size", type=positive_int, default=1000, help="images per forward pass")
     parser.add_argument("--no-amp", dest="amp", action="store_false", help="evaluate in fp32 instead of bf16 autocast")
@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     device = pick_device(args.device)
     keep_freed_memory()
-    out_dir = Path(args.out_dir)
+    out_dir = Path(args.out_dir or Path(args.weights).parent)  # a report lies beside the weights it is about
     model, checkpoint = load_model(args.weights, device)
     if args.int8:  # before the test images are loaded, so that --int8 off the CPU is refused at once
         model = int8_copy(model, args, device)

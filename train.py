@@ -151,10 +151,10 @@ def resume_command(args) -> str:
 
 
 def test_command(args) -> str:
-    """The test.py command for this run's best.pt, with the folders that are not test.py's defaults."""
+    """The test.py command for this run's best.pt (test.py writes its report beside the weights)."""
     command = ["python", "test.py"]
-    if Path(args.out_dir) != Path(parse_args([]).out_dir):  # test.py reads and writes the same folder by default
-        command += ["--weights", str(Path(args.out_dir) / "best.pt"), "--out-dir", args.out_dir]
+    if Path(args.out_dir) != Path(parse_args([]).out_dir):
+        command += ["--weights", str(Path(args.out_dir) / "best.pt")]
     if args.data_dir:
         command += ["--data-dir", args.data_dir]
     return shlex.join(command)

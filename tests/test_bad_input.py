@@ -83,8 +83,6 @@ def test_bad_input_gets_one_line_exit_2_and_writes_nothing(workspace, mnist_dir,
     arguments = [a.format(w=workspace / "good.pt", t=workspace, d=mnist_dir) for a in arguments]
     if script == "train.py" and "--out-dir" not in arguments:
         arguments += ["--out-dir", str(workspace / "out")]
-    if script == "test.py":
-        arguments += ["--out-dir", str(workspace / "reports")]
     before = snapshot(workspace)
     result = run_script(script, *arguments, env={"MNIST_DATA_DIR": str(mnist_dir)})
     assert result.returncode == 2, (result.stdout, result.stderr)

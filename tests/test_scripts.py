@@ -118,7 +118,7 @@ def test_train_learns_and_writes_checkpoints_metrics_and_curves(trained, mnist_d
     assert len(re.findall(r"^epoch +\d+/2 ", stdout, re.M)) == 2
     # The command it suggests next tests these weights, not checkpoints/best.pt, and reads MNIST where training did.
     suggested = shlex.split(re.search(r"Next: (.+)$", stdout, re.M).group(1))
-    assert suggested == ["python", "test.py", "--weights", str(trained / "best.pt"), "--out-dir", str(trained), "--data-dir", str(mnist_dir)]
+    assert suggested == ["python", "test.py", "--weights", str(trained / "best.pt"), "--data-dir", str(mnist_dir)]
 
 
 def independent_test_accuracy(weights, mnist_dir) -> int:
@@ -160,10 +160,15 @@ def test_test_py_accuracy_equals_an_independent_computation(trained, mnist_dir, 
 def test_per_epoch_test_accuracy_is_what_test_py_reports_for_that_epoch(trained, mnist_dir, tmp_path):
     rows = list(csv.DictReader(open(trained / "metrics.csv")))
     best_epoch = torch.load(trained / "best.pt", weights_only=True)["epoch"]
-    result = run_script("test.py", "--weights", str(trained / "best.pt"), "--out-dir", str(tmp_path), "--data-dir", str(mnist_dir), "--device", "cpu")
+    weights = tmp_path / "best.pt"
+    weights.write_bytes((trained / "best.pt").read_bytes())
+    result = run_script("test.py", "--weights", str(weights), "--data-dir", str(mnist_dir), "--device", "cpu")
     assert result.returncode == 0, result.stderr
     correct = int(re.search(r"test accuracy: [\d.]+% \((\d+)/10000", result.stdout).group(1))
     assert round(10000 * float(rows[best_epoch - 1]["test_acc"])) == correct
+    # With no --out-dir the report lies beside the weights it is about.
+    assert json.loads((tmp_path / "test_report.json").read_text())["weights"] == str(weights)
+    assert (tmp_path / "confusion_matrix.png").read_bytes()[:8] == PNG_MAGIC
     # best.pt is the epoch with the highest validation accuracy, the later one on a tie.
     assert best_epoch == max(range(1, len(rows) + 1), key=lambda epoch: (float(rows[epoch - 1]["val_acc"]), epoch))
     assert f"test acc {100 * float(rows[-1]['test_acc']):.2f}%" in (trained / "train_stdout.txt").read_text()
@@ -182,9 +187,10 @@ def test_test_py_int8_is_reported_as_such_and_lands_near_the_accuracy_train_py_r
 
 
 def test_predict_py_draws_a_grid_and_says_when_it_cannot_show_it(trained, mnist_dir, tmp_path):
-    out = tmp_path / "grid.png"
+    weights, out = tmp_path / "best.pt", tmp_path / "predictions.png"  # with no --out the figure lies beside the weights
+    weights.write_bytes((trained / "best.pt").read_bytes())
     # No display (a server, CI): matplotlib falls back to its file-only backend, as MPLBACKEND=agg forces here.
-    result = run_script("predict.py", "--weights", str(trained / "best.pt"), "--out", str(out), "--num", "9", "--data-dir", str(mnist_dir),
+    result = run_script("predict.py", "--weights", str(weights), "--num", "9", "--data-dir", str(mnist_dir),
                         "--show", env={"MPLBACKEND": "agg"})
     assert result.returncode == 0, result.stderr
     assert out.read_bytes()[:8] == PNG_MAGIC
