@@ -71,7 +71,7 @@ def run_seed(seed: int, run_dir: Path, args) -> float | None:
     """
     common = ["--device", args.device] + (["--data-dir", args.data_dir] if args.data_dir else [])
     train = [sys.executable, str(ROOT / "train.py"), "--seed", str(seed), "--test-each-epoch", "--out-dir", str(run_dir), *common]
-    test = [sys.executable, str(ROOT / "test.py"), "--weights", str(run_dir / "best.pt"), "--out-dir", str(run_dir), *common]
+    test = [sys.executable, str(ROOT / "test.py"), "--weights", str(run_dir / "best.pt"), *common]  # reports go beside it
     record_path = run_dir / RUN_RECORD
     record = json.loads(record_path.read_text()) if record_path.exists() else None
     started_before = (run_dir / "last.pt").exists()
