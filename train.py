@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import os
 import shlex
+import shutil
 import signal
 import sys
 import time
@@ -27,7 +28,7 @@ from utils import (ArgumentParser, UserError, atomic_write, autocast, bf16_suppo
 
 METRICS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc", "lr", "seconds"]
 # Flags that describe where and how to run rather than what to train: --resume keeps these from the command line.
-RUNTIME_FLAGS = {"device", "data_dir", "out_dir", "resume", "cuda_graphs"}
+RUNTIME_FLAGS = {"device", "data_dir", "out_dir", "resume", "cuda_graphs", "compile"}
 # Besides last.pt, what a run leaves in OUT_DIR: its weights and what train.py, test.py and predict.py made of them.
 RUN_OUTPUTS = ("best.pt", "metrics.csv", "curves.png", "test_report.json", "confusion_matrix.png", "robustness.json",
                "robustness.png", "predictions.png")
@@ -62,6 +63,9 @@ def parse_args(argv: list[str] | None = None):
     run.add_argument("--no-channels-last", dest="channels_last", action="store_false", help="keep NCHW memory format")
     run.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false",
                      help="launch each training step's kernels one by one instead of replaying a CUDA graph (CUDA, single process)")
+    run.add_argument("--compile", action="store_true",
+                     help="torch.compile the training step (fused batch norm, ReLU and adds; on CUDA replayed as CUDA graphs) "
+                          "instead of capturing CUDA graphs of the plain one; single process only")
     run.add_argument("--deterministic", action="store_true", help="bitwise-reproducible runs (slower on GPU)")
     run.add_argument("--sync-bn", action="store_true", help="under torchrun, batch-norm statistics over all ranks")
     run.add_argument("--eval-batch-size", type=positive_int, default=1000, help="batch size of validation and test passes")
@@ -145,8 +149,8 @@ def resume_command(args) -> str:
         value = getattr(args, name)
         if value != defaults[name]:
             option = name.replace("_", "-")
-            # The runtime switches are on by default and turned off with --no-...; the rest take a value.
-            command += [f"--no-{option}"] if isinstance(value, bool) else [f"--{option}", str(value)]
+            # A switch is --X when it was off by default (--compile), --no-X when on (--no-cuda-graphs).
+            command += [f"--{option}" if value else f"--no-{option}"] if isinstance(value, bool) else [f"--{option}", str(value)]
     return shlex.join(command)
 
 
@@ -215,6 +219,12 @@ def main(argv: list[str] | None = None) -> torch.nn.Module | None:
     is_main = rank == 0
     if args.batch_size < world_size:
         raise UserError(f"--batch-size {args.batch_size} is smaller than the {world_size} ranks it is split across")
+    if args.compile and world_size > 1:
+        raise UserError("--compile runs in a single process; under torchrun leave it out")
+    if args.compile and device.type == "cpu":
+        compiler = os.environ.get("CXX", "clang++" if sys.platform == "darwin" else "g++")  # what inductor builds CPU kernels with
+        if not shutil.which(compiler):
+            raise UserError(f"--compile on a CPU needs the C++ compiler {compiler} (set CXX to use another), and it was not found")
 
     if args.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -243,9 +253,13 @@ def main(argv: list[str] | None = None) -> torch.nn.Module | None:
             return None
     amp = args.amp and bf16_supported(device)
     graphed = {}  # batch size -> the training step captured as CUDA graphs: full batches and an epoch's shorter last one
-    if args.cuda_graphs and device.type == "cuda" and world_size == 1:
+    if args.cuda_graphs and device.type == "cuda" and world_size == 1 and not args.compile:
         for size in sorted({end - start for start, end in batch_bounds}):
             graphed[size] = graph_training_step(model, data.normalize(train_x[:size]), amp)
+    if args.compile:
+        # Static shapes: the full batches and the shorter last one each get their own kernels (and graphs), compiled in
+        # the first epoch's first and last step; inductor's on-disk cache serves later runs.
+        model = torch.compile(model, mode="reduce-overhead", dynamic=False)
     if world_size > 1:
         if args.sync_bn:
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -271,7 +285,7 @@ def main(argv: list[str] | None = None) -> torch.nn.Module | None:
     if is_main:
         params = sum(p.numel() for p in model.parameters())
         print(f"ResNet-18 ({params / 1e6:.2f} M parameters) on {device}{f' x{world_size} ranks' if world_size > 1 else ''}, "
-              f"{'bf16 autocast' if amp else 'fp32'}, {'channels_last' if args.channels_last else 'NCHW'}{', CUDA graphs' if graphed else ''}; "
+              f"{'bf16 autocast' if amp else 'fp32'}, {'channels_last' if args.channels_last else 'NCHW'}{', CUDA graphs' if graphed else ''}{', torch.compile' if args.compile else ''}; "
               f"{len(train_x)} training / {len(val_x)} validation images, batch {args.batch_size}, {steps_per_epoch} steps per epoch")
         if checkpoint is not None:
             print(f"resuming {out_dir / 'last.pt'} at epoch {start_epoch + 1}, step {start_step}/{steps_per_epoch} with its saved settings")

@@ -10,6 +10,10 @@ a second row without the graphs); evaluation with batch norm folded into the con
 a CPU also int8 evaluation, as test.py --int8 does. On a CPU ours also runs as train.py does there (the last stage
 NCHW, freed memory kept by the C library); the peer runs first, in the process as Python starts it.
 Each is timed over --steps steps after --warmup untimed ones, synchronised.
+
+--compile adds our training step under torch.compile (mode reduce-overhead: fused kernels, on a GPU replayed as CUDA
+graphs), and prints how long its first step took, which is the compile time. Run twice, the second run reads the
+first one's kernels from inductor's on-disk cache: that is the compile time of every run after the first.
 """
 from __future__ import annotations
 
@@ -41,6 +45,8 @@ def parse_args(argv=None):
     parser.add_argument("--eval-batch-size", type=positive_int, default=1000, help="our evaluation batch size")
     parser.add_argument("--peer-batch-size", type=positive_int, default=128, help="the peer pipeline's batch size")
     parser.add_argument("--profile", action="store_true", help="also print where our steps' time goes, kernel by kernel")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time our training step under torch.compile (mode reduce-overhead), first step (compiling) reported apart")
     parser.add_argument("--peak-tflops", type=positive_float, default=800.0, help="the GPU's bf16 matrix peak, for the ceiling column")
     return parser.parse_args(argv)
 
@@ -101,15 +107,22 @@ def print_profile(title: str, step, batches, device: torch.device, steps: int = 
     print(f"\n{title}, {steps} steps:\n{profiler.key_averages().table(sort_by=sort_by, row_limit=15)}")
 
 
-def measure(device, batches_train, batches_eval, ours: bool, args, graphs: bool = False,
-            profile: bool = False) -> tuple[float, float]:
-    """(train, eval) images/s; `ours` is train.py's settings (bf16, channels_last, fused SGD, folded BN), else the peer's."""
+def measure(device, batches_train, batches_eval, ours: bool, args, graphs: bool = False, compiled: bool = False,
+            profile: bool = False) -> tuple[float, float | None]:
+    """(train, eval) images/s; `ours` is train.py's settings (bf16, channels_last, fused SGD, folded BN), else the peer's.
+
+    `compiled` times training alone (eval None): its first step, the compiling one, is timed and printed apart.
+    """
     torch.manual_seed(0)
     amp = ours
     model = to_device(ResNet18(), device, channels_last=ours)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4,
                                 fused=ours and device.type == "cuda")
-    forward = graph_training_step(model, next(batches_train)[0], amp) if graphs else model
+    forward = model
+    if graphs:
+        forward = graph_training_step(model, next(batches_train)[0], amp)
+    elif compiled:
+        forward = torch.compile(model, mode="reduce-overhead", dynamic=False)  # as train.py --compile does
 
     def train_step(x, y):
         with autocast(device, amp):
@@ -119,8 +132,15 @@ def measure(device, batches_train, batches_eval, ours: bool, args, graphs: bool 
         optimizer.step()
 
     model.train()
-    who = ("ours" + (" + CUDA graphs" if graphs else "")) if ours else "peer"
+    who = ("ours" + (" + CUDA graphs" if graphs else " + torch.compile" if compiled else "")) if ours else "peer"
+    if compiled:
+        started = time.perf_counter()
+        train_step(*next(batches_train))
+        synchronize(device)
+        print(f"torch.compile: first training step (compiling) {time.perf_counter() - started:.1f} s", flush=True)
     train = images_per_second(train_step, batches_train, args.steps, args.warmup, device, f"{who}: training")
+    if compiled:
+        return train, None
     inference_model = fold_batchnorm(model) if ours else model.eval()
 
     @torch.no_grad()
@@ -161,17 +181,20 @@ def main(argv=None) -> None:
     (train_x, train_y), _ = data.load_train_val(args.data_dir, 5000, None, device)
     test_x, test_y = data.load_test(args.data_dir, device)
 
-    def measure_ours(graphs: bool, profile: bool = False) -> tuple[float, float]:
+    def measure_ours(graphs: bool = False, compiled: bool = False, profile: bool = False) -> tuple[float, float | None]:
         return measure(device, our_batches(train_x, train_y, args.batch_size, augment=True),
-                       our_batches(test_x, test_y, args.eval_batch_size, augment=False), ours=True, args=args, graphs=graphs, profile=profile)
+                       our_batches(test_x, test_y, args.eval_batch_size, augment=False), ours=True, args=args, graphs=graphs,
+                       compiled=compiled, profile=profile)
 
     on_gpu = device.type == "cuda"
     precision = "bf16 autocast" if bf16_supported(device) else "fp32 (no fast bf16 here)"
     rows = [(f"peer: PIL DataLoader, fp32, NCHW, batch {args.peer_batch_size}", *peer),
-            (f"ours: on-device, {precision}, channels_last, batch {args.batch_size}{', eager' if on_gpu else ''}", *measure_ours(graphs=False, profile=args.profile))]
+            (f"ours: on-device, {precision}, channels_last, batch {args.batch_size}{', eager' if on_gpu else ''}", *measure_ours(profile=args.profile))]
     if on_gpu:  # train.py's default there
         rows.append(("ours + CUDA graphs", *measure_ours(graphs=True)))
     ours = rows[-1]
+    if args.compile:
+        rows.append(("ours + torch.compile (reduce-overhead)", *measure_ours(compiled=True)))
     if device.type == "cpu":
         int8 = measure_int8_evaluation(our_batches(train_x, train_y, args.batch_size, augment=True),
                                        our_batches(test_x, test_y, args.eval_batch_size, augment=False), args)
@@ -180,9 +203,9 @@ def main(argv=None) -> None:
     print(f"\n| pipeline | train images/s | eval images/s |{' train % of FLOP ceiling | eval % of FLOP ceiling |' if on_gpu else ''}")
     print(f"| --- | ---: | ---: |{' ---: | ---: |' if on_gpu else ''}")
     for label, train, evaluate in rows:
-        ceiling = "".join(f" {100 * rate * gflop / (args.peak_tflops * 1e3):.1f}% |"
+        ceiling = "".join("  |" if rate is None else f" {100 * rate * gflop / (args.peak_tflops * 1e3):.1f}% |"
                           for rate, gflop in ((train, TRAIN_GFLOP), (evaluate, FORWARD_GFLOP))) if on_gpu else ""
-        print(f"| {label} | {'' if train is None else f'{train:,.0f}'} | {evaluate:,.0f} |{ceiling}")
+        print(f"| {label} | {'' if train is None else f'{train:,.0f}'} | {'' if evaluate is None else f'{evaluate:,.0f}'} |{ceiling}")
     print(f"| ratio ours / peer | {ours[1] / peer[0]:.2f}x | {ours[2] / peer[1]:.2f}x |{' | |' if on_gpu else ''}")
     if device.type == "cpu":
         print(f"| ratio int8 / peer | | {int8 / peer[1]:.2f}x |")

@@ -118,3 +118,12 @@ def test_numbers_out_of_range_are_refused_as_the_command_line_is_read(script, ar
 
     with pytest.raises(UserError, match=re.escape(expected)):
         importlib.import_module(script).parse_args(arguments)
+
+
+def test_compile_on_a_cpu_without_its_compiler_is_refused_before_any_work(mnist_dir, tmp_path):
+    # inductor builds CPU kernels with $CXX (else g++): without it the first step would die in a compiler traceback.
+    result = run_script("train.py", "--compile", "--device", "cpu", "--out-dir", str(tmp_path / "out"), "--data-dir", str(mnist_dir),
+                        env={"CXX": "no-such-compiler"})
+    assert result.returncode == 2, result.stderr
+    assert result.stderr == "error: --compile on a CPU needs the C++ compiler no-such-compiler (set CXX to use another), and it was not found\n"
+    assert not (tmp_path / "out").exists()
