@@ -79,7 +79,9 @@ def run_seed(seed: int, run_dir: Path, args) -> float | None:
         what = "a run this script did not start" if record is None else f"a run of train.py flags {' '.join(record['train_args']) or '(defaults)'}"
         raise UserError(f"{run_dir} holds {what}; choose another --out-dir or remove {run_dir}")
     if record is None or not record["trained"]:
-        train += ["--resume"] if started_before else args.train_args
+        # Resuming, train.py takes the recipe from last.pt (the same flags, checked above) but how to run (--compile,
+        # --no-cuda-graphs) from its command line, so the flags go along either way.
+        train += (["--resume"] if started_before else []) + args.train_args
         print(f"\n=== seed {seed}: {' '.join(train[1:])}", flush=True)
         record = {"train_args": args.train_args, "trained": False, "wall_seconds": None}
         write_json(record_path, record)

@@ -78,7 +78,7 @@ def test_one_seed_end_to_end(tmp_path, mnist_dir):
 def test_ctrl_c_reaches_train_py_which_saves_before_both_stop_and_the_same_command_goes_on(tmp_path, mnist_dir):
     """Ctrl-C in a terminal signals the whole foreground process group: seeds.py must wait while train.py saves."""
     command = ["--seeds", "0", "--device", "cpu", "--data-dir", str(mnist_dir), "--out-dir", str(tmp_path),
-               "--", "--epochs", "1", "--subset", "1024", "--val-size", "256", "--batch-size", "32"]
+               "--", "--epochs", "1", "--subset", "1024", "--val-size", "256", "--batch-size", "32", "--no-cuda-graphs"]
     process = subprocess.Popen([sys.executable, str(ROOT / "benchmarks/seeds.py"), *command],
                                cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
@@ -96,4 +96,6 @@ def test_ctrl_c_reaches_train_py_which_saves_before_both_stop_and_the_same_comma
     result = run_script("benchmarks/seeds.py", *command)
     assert result.returncode == 0, result.stderr
     assert f"resuming {tmp_path / 'seed0' / 'last.pt'} at epoch 1, step {last['step']}/32" in result.stdout
+    # A flag of how to run (not part of the recipe in last.pt) is passed again: --resume takes those from the command line.
+    assert re.search(r"^=== seed 0: .* --resume .*--no-cuda-graphs$", result.stdout, re.M), result.stdout
     assert re.search(r"^\| 0 \| resumed \| [\d.]+ \| 1 \|", (tmp_path / "summary.md").read_text(), re.M), result.stdout
