@@ -12,6 +12,7 @@ set -u
 log_dir=${1:-runs/gpu-checks/logs}
 budget=${2:-540}
 runs=runs/gpu-checks
+python=${PYTHON:-python3}  # the interpreter that has torch (a venv's, once activated)
 mkdir -p "$log_dir" "$runs"
 export PYTHONUNBUFFERED=1
 deadline=$(($(date +%s) + budget))
@@ -27,23 +28,24 @@ step() {  # step NAME LIMIT_SECONDS COMMAND...: run COMMAND for at most LIMIT se
     echo "=== $name (at most $limit s): $*"
     local started=$(date +%s)
     timeout "$limit" "$@" 2>&1 | tee "$log_dir/$name.log"
-    echo "=== $name: exit ${PIPESTATUS[0]} after $(($(date +%s) - started)) s (124: cut off)" | tee -a "$log_dir/$name.log"
+    local code=${PIPESTATUS[0]}
+    echo "=== $name: exit $code after $(($(date +%s) - started)) s$( ((code == 124)) && echo ", cut off at its limit")" | tee -a "$log_dir/$name.log"
 }
 
 { command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,power.limit,clocks.max.sm --format=csv,noheader
-  python -c "import sys, torch, torchvision; print('Python', sys.version.split()[0], 'torch', torch.__version__, 'torchvision', torchvision.__version__)"
+  "$python" -c "import sys, torch, torchvision; print('Python', sys.version.split()[0], 'torch', torch.__version__, 'torchvision', torchvision.__version__)"
   date -u; } 2>&1 | tee "$log_dir/0-machine.log"
 # 1. That a graphed training step computes the plain model's gradients (skipped without CUDA, so never run in CI).
-step 1-graphed-step 90 python -m pytest -q -p no:cacheprovider tests/test_model.py
+step 1-graphed-step 90 "$python" -m pytest -q -p no:cacheprovider tests/test_model.py
 # 2. Throughput of today's code, torch.compile included (its first step, compiling, timed apart: on a fresh machine cold).
-step 2-bench 150 python benchmarks/bench.py --compile
+step 2-bench 150 "$python" benchmarks/bench.py --compile
 # 3. train.py --compile end to end: accuracy, and whether compiling pays for itself in the whole command's time. Seed 0
 # compiles what bench.py did not (the epoch's shorter last batch); seeds 1 and 2 read everything from inductor's cache.
-step 3-seeds-compile 200 python benchmarks/seeds.py --out-dir "$runs/compile" -- --compile
+step 3-seeds-compile 200 "$python" benchmarks/seeds.py --out-dir "$runs/compile" -- --compile
 # 4. Whether the 10-epoch schedule still reaches 99.70% at batch 1024, where training runs nearer 60,000 images/s.
-step 4-seeds-batch-1024 200 python benchmarks/seeds.py --out-dir "$runs/b1024" -- --batch-size 1024
+step 4-seeds-batch-1024 200 "$python" benchmarks/seeds.py --out-dir "$runs/b1024" -- --batch-size 1024
 # 5. The default recipe's accuracy and times on this GPU.
-step 5-seeds-default 200 python benchmarks/seeds.py --out-dir "$runs/default"
+step 5-seeds-default 200 "$python" benchmarks/seeds.py --out-dir "$runs/default"
 
 echo; echo "=== results"
 cat "$log_dir/0-machine.log"
