@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import re
+import subprocess
 
 import pytest
 import torch
 
-from conftest import run_script
+from conftest import ROOT, run_script
 from utils import bf16_supported
 
 
@@ -56,3 +57,23 @@ def test_the_flop_counts_behind_the_ceiling_column_are_the_models():
         model.train()(torch.randn(2, 1, 32, 32)).sum().backward()
     assert forward.get_total_flops() / 1e9 == pytest.approx(FORWARD_GFLOP, rel=0.01)
     assert training.get_total_flops() / 2e9 == pytest.approx(TRAIN_GFLOP, rel=0.01)
+
+
+def test_gpu_checks_runs_each_step_within_its_budget_and_logs_it(tmp_path):
+    """The script's own plumbing, with a stand-in interpreter that only says what it was asked to run."""
+    stand_in = tmp_path / "python"
+    stand_in.write_text('#!/bin/sh\necho "ran: $*"\n[ "$1" = benchmarks/bench.py ] && sleep 3\nexit 0\n')
+    stand_in.chmod(0o755)
+    logs = tmp_path / "logs"
+    result = subprocess.run(["bash", "benchmarks/gpu_checks.sh", str(logs), "12"], cwd=ROOT, capture_output=True, text=True,
+                            env={"PATH": "/usr/bin:/bin", "PYTHON": str(stand_in), "HOME": str(tmp_path)}, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in logs.iterdir()) == ["0-machine.log", "1-graphed-step.log", "2-bench.log", "3-seeds-compile.log",
+                                                     "4-seeds-batch-1024.log", "5-seeds-default.log"]
+    assert "ran: -m pytest -q -p no:cacheprovider tests/test_model.py" in (logs / "1-graphed-step.log").read_text()
+    assert "ran: benchmarks/bench.py --compile" in (logs / "2-bench.log").read_text()
+    # bench.py's 3 s leave less than the 10 s a step needs: the rest are skipped, not started and cut off.
+    for name in ("3-seeds-compile", "4-seeds-batch-1024", "5-seeds-default"):
+        assert (logs / f"{name}.log").read_text() == f"=== {name}: skipped, the budget is spent\n"
+    results = result.stdout.split("=== results\n")[1]  # printed again at the end, where the last screenful shows them
+    assert results.startswith((logs / "0-machine.log").read_text()) and "--- 2-bench" in results, result.stdout
