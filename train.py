@@ -21,7 +21,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 import data
-from model import ResNet18, evaluate, graph_training_step, load_checkpoint, save_checkpoint, to_device, unwrap
+from model import ResNet18, compile_training_step, evaluate, graph_training_step, load_checkpoint, save_checkpoint, to_device, unwrap
 from utils import (ArgumentParser, UserError, atomic_write, autocast, bf16_supported, float_between, keep_freed_memory,
                    non_negative_int, pick_device, positive_float, positive_int, progress, pyplot, random_seed, run_cli,
                    save_figure, synchronize)
@@ -257,9 +257,7 @@ def main(argv: list[str] | None = None) -> torch.nn.Module | None:
         for size in sorted({end - start for start, end in batch_bounds}):
             graphed[size] = graph_training_step(model, data.normalize(train_x[:size]), amp)
     if args.compile:
-        # Static shapes: the full batches and the shorter last one each get their own kernels (and graphs), compiled in
-        # the first epoch's first and last step; inductor's on-disk cache serves later runs.
-        model = torch.compile(model, mode="reduce-overhead", dynamic=False)
+        model = compile_training_step(model)
     if world_size > 1:
         if args.sync_bn:
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import data  # noqa: E402
-from model import ResNet18, fold_batchnorm, graph_training_step, quantize_int8, to_device  # noqa: E402
+from model import ResNet18, compile_training_step, fold_batchnorm, graph_training_step, quantize_int8, to_device  # noqa: E402
 from utils import (ArgumentParser, autocast, bf16_supported, keep_freed_memory, pick_device, positive_float, positive_int,  # noqa: E402
                    progress, run_cli, synchronize)
 from train import default_batch_size  # noqa: E402
@@ -122,7 +122,7 @@ def measure(device, batches_train, batches_eval, ours: bool, args, graphs: bool 
     if graphs:
         forward = graph_training_step(model, next(batches_train)[0], amp)
     elif compiled:
-        forward = torch.compile(model, mode="reduce-overhead", dynamic=False)  # as train.py --compile does
+        forward = compile_training_step(model)
 
     def train_step(x, y):
         with autocast(device, amp):
