@@ -39,8 +39,8 @@ def to_device(model: nn.Module, device: torch.device, channels_last: bool = True
     """`model` on `device`, in the memory layout its convolutions run fastest in there.
 
     channels_last suits cuDNN and oneDNN alike but for one stage: on a CPU, oneDNN runs the last stage's convolutions
-    (512 channels at 4x4) faster in NCHW (a training step ~6% faster on the dev CPU, BENCHMARKS.md), so there layer4
-    keeps NCHW weights and turns its input NCHW on the way in.
+    (512 channels at 4x4) faster in NCHW (a training step ~6% faster on the AMD dev CPUs, 2% slower on an Intel one
+    with AMX; BENCHMARKS.md), so there layer4 keeps NCHW weights and turns its input NCHW on the way in.
     """
     model = model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     if channels_last and device.type == "cpu":
