@@ -1,7 +1,8 @@
-"""Show what the model predicts: on random test digits, or on your own photos and scans of digits.
+"""Show what the model predicts: on random test digits, on the test digits it gets wrong, or on your own photos and scans.
 
     python predict.py                       # 16 test digits -> checkpoints/predictions.png
     python predict.py --num 36 --seed 1 --show
+    python predict.py --errors              # the test digits the model gets wrong -> checkpoints/errors.png
     python predict.py --images my_digits/ photo.jpg [--json]
 """
 from __future__ import annotations
@@ -14,20 +15,27 @@ from pathlib import Path
 import torch
 
 import data
-from model import load_model
-from utils import (ArgumentParser, UserError, autocast, check_writable_dir, pick_device, positive_int, pyplot, random_seed,
-                   run_cli, save_figure)
+from model import evaluate, load_model
+from utils import (ArgumentParser, UserError, autocast, check_writable_dir, pick_device, positive_int, progress, pyplot,
+                   random_seed, run_cli, save_figure)
+
+ERRORS_SHOWN = 64  # --errors' default cap: a trained model makes about 30 mistakes, a half-trained one thousands
+TEST_BATCH_SIZE = 1000  # test.py's default: the same batches give the same bf16 rounding, so the same mistakes
 
 
 def parse_args(argv: list[str] | None = None):
     parser = ArgumentParser(description="Plot sample MNIST test digits with the model's predicted labels.")
     parser.add_argument("--weights", default="checkpoints/best.pt", help="checkpoint written by train.py")
     parser.add_argument("--data-dir", help="folder containing MNIST/raw (default: $MNIST_DATA_DIR, else ./data)")
-    parser.add_argument("--images", nargs="+", metavar="PATH", help="classify these image files / folders instead of test digits")
+    what = parser.add_mutually_exclusive_group()
+    what.add_argument("--images", nargs="+", metavar="PATH", help="classify these image files / folders instead of test digits")
     parser.add_argument("--json", action="store_true", help="with --images: print JSON instead of one line per image")
-    parser.add_argument("--num", type=positive_int, default=16, help="how many test digits to show")
+    what.add_argument("--errors", action="store_true",
+                        help="show the test digits the model gets wrong, most confident mistakes first, instead of random ones")
+    parser.add_argument("--num", type=positive_int, help=f"how many test digits to show (default: 16; with --errors {ERRORS_SHOWN})")
     parser.add_argument("--seed", type=random_seed, default=0, help="which random digits to pick")
-    parser.add_argument("--out", help="where to save the figure (default: predictions.png in the folder of --weights)")
+    parser.add_argument("--out", help="where to save the figure (default: predictions.png, with --errors errors.png, "
+                                      "in the folder of --weights)")
     parser.add_argument("--show", action="store_true", help="also open the figure in a window")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     parser.add_argument("--no-amp", dest="amp", action="store_false", help="predict in fp32 instead of bf16 autocast")
@@ -53,7 +61,8 @@ def show_window(plt, path: str) -> None:
     plt.show()
 
 
-def plot_grid(path: str, images: torch.Tensor, probabilities: torch.Tensor, labels: torch.Tensor | None, show: bool) -> None:
+def plot_grid(path: str, images: torch.Tensor, probabilities: torch.Tensor, labels: torch.Tensor | None, show: bool,
+              heading: str = "predicted (confidence)") -> None:
     """One panel per image, titled 'predicted (confidence)' and, when known, the true label; mistakes in red."""
     plt = pyplot(interactive=show)
     n = len(images)
@@ -71,7 +80,7 @@ def plot_grid(path: str, images: torch.Tensor, probabilities: torch.Tensor, labe
         if labels is not None:
             title += f"\ntrue {labels[i]}" + (" ✗" if wrong else "")
         ax.set_title(title, fontsize=9, color="crimson" if wrong else "black")
-    fig.suptitle("predicted (confidence)", fontsize=10)
+    fig.suptitle(heading, fontsize=10)
     fig.tight_layout()
     save_figure(fig, path, close=not show)
     if show:
@@ -136,15 +145,44 @@ def predict_images(model: torch.nn.Module, args) -> None:
         raise UserError(f"{failed} of {len(files)} files could not be classified", exit_code=1)
 
 
+def show_errors(model: torch.nn.Module, args, device: torch.device) -> None:
+    """List and plot the test digits the model gets wrong, the most confident mistakes first.
+
+    The predictions come from model.evaluate in batches of test.py's default size, so these are the mistakes test.py counts.
+    """
+    images, labels = data.load_test(args.data_dir, device)
+    steps = len(data.batch_bounds(len(images), TEST_BATCH_SIZE))
+    result = evaluate(model, progress(data.batches(images, labels, TEST_BATCH_SIZE), total=steps, desc="test", unit="batch"), args.amp)
+    probabilities, labels = result["logits"].softmax(1).cpu(), labels.cpu()
+    confidence, predicted = probabilities.max(1)
+    mistakes = (predicted != labels).nonzero().flatten()
+    shown = mistakes[confidence[mistakes].argsort(descending=True, stable=True)][: args.num]
+    print(f"{len(mistakes)} of {len(labels):,} test digits predicted wrongly ({100 * (1 - len(mistakes) / len(labels)):.2f}% right)"
+          + (f"; the {len(shown)} most confident:" if len(shown) < len(mistakes) else ""))
+    for index in shown.tolist():
+        print(f"  test image {index:>4}: true {labels[index]}, predicted {predicted[index]} ({100 * confidence[index]:.1f}%)")
+    if len(shown):
+        which = f"the {len(shown)} most confident of the model's" if len(shown) < len(mistakes) else "the model's"
+        plot_grid(args.out, images[shown.to(device)].cpu(), probabilities[shown], labels[shown], args.show,
+                  heading=f"{which} {len(mistakes)} mistakes on the MNIST test set, most confident first: predicted (confidence)")
+        print(f"figure saved to {args.out}")
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     device = pick_device(args.device)
     model, _ = load_model(args.weights, device)
-    args.out = args.out or str(Path(args.weights).parent / "predictions.png")  # beside the weights it shows
+    default_name = "errors.png" if args.errors else "predictions.png"
+    args.out = args.out or str(Path(args.weights).parent / default_name)  # beside the weights it shows
     check_writable_dir(args.out, "--out")
     if args.images:
         predict_images(model, args)
         return
+    if args.errors:
+        args.num = args.num or ERRORS_SHOWN
+        show_errors(model, args, device)
+        return
+    args.num = args.num or 16
     images, labels = data.load_test(args.data_dir, torch.device("cpu"))
     if args.num > len(images):
         raise UserError(f"--num must be at most {len(images)}, got {args.num}")

@@ -31,7 +31,7 @@ METRICS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss
 RUNTIME_FLAGS = {"device", "data_dir", "out_dir", "resume", "cuda_graphs", "compile"}
 # Besides last.pt, what a run leaves in OUT_DIR: its weights and what train.py, test.py and predict.py made of them.
 RUN_OUTPUTS = ("best.pt", "metrics.csv", "curves.png", "test_report.json", "confusion_matrix.png", "robustness.json",
-               "robustness.png", "predictions.png")
+               "robustness.png", "predictions.png", "errors.png")
 
 
 def parse_args(argv: list[str] | None = None):

@@ -57,6 +57,8 @@ CASES = [  # (id, script, arguments with {w}=good weights {t}=tmp {d}=data dir, 
     ("unknown-flag", "test.py", ["--epochs", "3"], "unrecognized arguments: --epochs 3"),
     ("predict-into-missing-folder", "predict.py", ["--weights", "{w}", "--out", "{t}/no/such/dir/p.png"], "does not exist"),
     ("predict-zero-images", "predict.py", ["--weights", "{w}", "--num", "0", "--out", "{t}/p.png"], "--num: must be a positive integer"),
+    ("predict-errors-of-own-images", "predict.py", ["--weights", "{w}", "--errors", "--images", "{t}/notes.txt", "--out", "{t}/p.png"],
+     "--images: not allowed with argument --errors"),
 ]
 
 

@@ -107,8 +107,8 @@ def test_interrupt_mid_epoch_saves_and_resume_equals_an_uninterrupted_run(straig
 def copy_an_earlier_run_with_its_reports(run_dir, out_dir):
     for name in ("best.pt", "last.pt", "metrics.csv", "curves.png"):
         (out_dir / name).write_bytes((run_dir / name).read_bytes())
-    # What test.py, test.py --robustness and predict.py wrote of its weights:
-    for name in ("test_report.json", "confusion_matrix.png", "robustness.json", "robustness.png", "predictions.png"):
+    # What test.py, test.py --robustness, predict.py and predict.py --errors wrote of its weights:
+    for name in ("test_report.json", "confusion_matrix.png", "robustness.json", "robustness.png", "predictions.png", "errors.png"):
         (out_dir / name).write_text("of the earlier weights")
 
 

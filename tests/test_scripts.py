@@ -223,3 +223,24 @@ def test_predict_py_draws_a_grid_and_says_when_it_cannot_show_it(trained, mnist_
     assert out.read_bytes()[:8] == PNG_MAGIC
     assert re.search(r"9 test digits, \d+ predicted correctly", result.stdout)
     assert result.stderr == f"note: no display to open a window on (matplotlib backend agg); the figure is in {out}\n", result.stderr
+
+
+def test_predict_py_errors_lists_the_mistakes_test_py_counts_most_confident_first(trained, mnist_dir, tmp_path):
+    rows = list(csv.DictReader(open(trained / "metrics.csv")))
+    best_epoch = torch.load(trained / "best.pt", weights_only=True)["epoch"]
+    weights = tmp_path / "best.pt"
+    weights.write_bytes((trained / "best.pt").read_bytes())
+    result = run_script("predict.py", "--weights", str(weights), "--errors", "--num", "12", "--data-dir", str(mnist_dir), "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    # As many mistakes as train.py's test pass of that epoch counted (the same evaluate, batches and precision).
+    count = int(re.search(r"^(\d+) of 10,000 test digits predicted wrongly", result.stdout, re.M).group(1))
+    assert count == round(10000 * (1 - float(rows[best_epoch - 1]["test_acc"]))), result.stdout
+    listed = [tuple(map(float, m)) for m in re.findall(r"test image +(\d+): true (\d), predicted (\d) \(([\d.]+)%\)", result.stdout)]
+    assert len(listed) == 12 < count, result.stdout
+    targets = torchvision.datasets.MNIST(mnist_dir, train=False).targets
+    for index, true, predicted, _ in listed:
+        assert targets[int(index)] == true != predicted
+    confidences = [confidence for *_, confidence in listed]
+    assert confidences == sorted(confidences, reverse=True)
+    assert (tmp_path / "errors.png").read_bytes()[:8] == PNG_MAGIC  # beside the weights, not over predictions.png
+    assert not (tmp_path / "predictions.png").exists()
