@@ -2,7 +2,7 @@
 
     python predict.py                       # 16 test digits -> checkpoints/predictions.png
     python predict.py --num 36 --seed 1 --show
-    python predict.py --errors              # the test digits the model gets wrong -> checkpoints/errors.png
+    python predict.py --errors [--json]     # the test digits the model gets wrong -> checkpoints/errors.png
     python predict.py --images my_digits/ photo.jpg [--json]
 """
 from __future__ import annotations
@@ -29,7 +29,7 @@ def parse_args(argv: list[str] | None = None):
     parser.add_argument("--data-dir", help="folder containing MNIST/raw (default: $MNIST_DATA_DIR, else ./data)")
     what = parser.add_mutually_exclusive_group()
     what.add_argument("--images", nargs="+", metavar="PATH", help="classify these image files / folders instead of test digits")
-    parser.add_argument("--json", action="store_true", help="with --images: print JSON instead of one line per image")
+    parser.add_argument("--json", action="store_true", help="print the predictions as JSON (the other messages go to stderr)")
     what.add_argument("--errors", action="store_true",
                         help="show the test digits the model gets wrong, most confident mistakes first, instead of random ones")
     parser.add_argument("--num", type=positive_int, help=f"how many test digits to show (default: 16; with --errors {ERRORS_SHOWN})")
@@ -40,6 +40,19 @@ def parse_args(argv: list[str] | None = None):
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     parser.add_argument("--no-amp", dest="amp", action="store_false", help="predict in fp32 instead of bf16 autocast")
     return parser.parse_args(argv)
+
+
+def prediction_records(probabilities: torch.Tensor) -> list[dict]:
+    """Each row of probabilities [N, 10] as {"prediction", "confidence", "top3"}: what --json prints per digit."""
+    top_p, top_k = probabilities.topk(3, dim=1)
+    return [{"prediction": int(k[0]), "confidence": float(p[0]), "top3": [{"digit": int(d), "probability": float(q)} for d, q in zip(k, p)]}
+            for k, p in zip(top_k, top_p)]
+
+
+def records_of_test_digits(indices: torch.Tensor, labels: torch.Tensor, probabilities: torch.Tensor) -> list[dict]:
+    """--json's records of test digits: index in the test set, true label, then prediction_records' fields."""
+    return [{"test_index": int(i), "label": int(label), **record}
+            for i, label, record in zip(indices, labels, prediction_records(probabilities))]
 
 
 @torch.no_grad()
@@ -129,10 +142,7 @@ def predict_images(model: torch.nn.Module, args) -> None:
     if digits:
         inputs = data.to_model_size(torch.stack(digits))
         probabilities = classify(model, inputs, args.amp)
-        top_p, top_k = probabilities.topk(3, dim=1)
-        results = [{"path": name, "prediction": int(k[0]), "confidence": float(p[0]),
-                    "top3": [{"digit": int(d), "probability": float(q)} for d, q in zip(k, p)]}
-                   for name, k, p in zip(names, top_k, top_p)]
+        results = [{"path": name, **record} for name, record in zip(names, prediction_records(probabilities))]
         if args.json:
             print(json.dumps(results, indent=2))
         else:
@@ -157,15 +167,19 @@ def show_errors(model: torch.nn.Module, args, device: torch.device) -> None:
     confidence, predicted = probabilities.max(1)
     mistakes = (predicted != labels).nonzero().flatten()
     shown = mistakes[confidence[mistakes].argsort(descending=True, stable=True)][: args.num]
+    messages = sys.stderr if args.json else sys.stdout
     print(f"{len(mistakes)} of {len(labels):,} test digits predicted wrongly ({100 * (1 - len(mistakes) / len(labels)):.2f}% right)"
-          + (f"; the {len(shown)} most confident:" if len(shown) < len(mistakes) else ""))
-    for index in shown.tolist():
-        print(f"  test image {index:>4}: true {labels[index]}, predicted {predicted[index]} ({100 * confidence[index]:.1f}%)")
+          + (f"; the {len(shown)} most confident:" if len(shown) < len(mistakes) else ""), file=messages)
+    if args.json:
+        print(json.dumps(records_of_test_digits(shown, labels[shown], probabilities[shown]), indent=2))
+    else:
+        for index in shown.tolist():
+            print(f"  test image {index:>4}: true {labels[index]}, predicted {predicted[index]} ({100 * confidence[index]:.1f}%)")
     if len(shown):
         which = f"the {len(shown)} most confident of the model's" if len(shown) < len(mistakes) else "the model's"
         plot_grid(args.out, images[shown.to(device)].cpu(), probabilities[shown], labels[shown], args.show,
                   heading=f"{which} {len(mistakes)} mistakes on the MNIST test set, most confident first: predicted (confidence)")
-        print(f"figure saved to {args.out}")
+        print(f"figure saved to {args.out}", file=messages)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -188,9 +202,12 @@ def main(argv: list[str] | None = None) -> None:
         raise UserError(f"--num must be at most {len(images)}, got {args.num}")
     pick = torch.randperm(len(images), generator=torch.Generator().manual_seed(args.seed))[: args.num]
     probabilities = classify(model, images[pick], args.amp)
+    if args.json:
+        print(json.dumps(records_of_test_digits(pick, labels[pick], probabilities), indent=2))
     plot_grid(args.out, images[pick], probabilities, labels[pick], args.show)
     wrong = int((probabilities.argmax(1) != labels[pick]).sum())
-    print(f"{args.num} test digits, {args.num - wrong} predicted correctly; figure saved to {args.out}")
+    print(f"{args.num} test digits, {args.num - wrong} predicted correctly; figure saved to {args.out}",
+          file=sys.stderr if args.json else sys.stdout)
 
 
 if __name__ == "__main__":

@@ -230,17 +230,34 @@ def test_predict_py_errors_lists_the_mistakes_test_py_counts_most_confident_firs
     best_epoch = torch.load(trained / "best.pt", weights_only=True)["epoch"]
     weights = tmp_path / "best.pt"
     weights.write_bytes((trained / "best.pt").read_bytes())
-    result = run_script("predict.py", "--weights", str(weights), "--errors", "--num", "12", "--data-dir", str(mnist_dir), "--device", "cpu")
+    result = run_script("predict.py", "--weights", str(weights), "--errors", "--num", "12", "--json", "--data-dir", str(mnist_dir),
+                        "--device", "cpu")
     assert result.returncode == 0, result.stderr
     # As many mistakes as train.py's test pass of that epoch counted (the same evaluate, batches and precision).
-    count = int(re.search(r"^(\d+) of 10,000 test digits predicted wrongly", result.stdout, re.M).group(1))
-    assert count == round(10000 * (1 - float(rows[best_epoch - 1]["test_acc"]))), result.stdout
-    listed = [tuple(map(float, m)) for m in re.findall(r"test image +(\d+): true (\d), predicted (\d) \(([\d.]+)%\)", result.stdout)]
-    assert len(listed) == 12 < count, result.stdout
+    count = int(re.search(r"^(\d+) of 10,000 test digits predicted wrongly", result.stderr, re.M).group(1))
+    assert count == round(10000 * (1 - float(rows[best_epoch - 1]["test_acc"]))), result.stderr
+    listed = json.loads(result.stdout)  # --json: stdout holds the records alone
+    assert len(listed) == 12 < count
     targets = torchvision.datasets.MNIST(mnist_dir, train=False).targets
-    for index, true, predicted, _ in listed:
-        assert targets[int(index)] == true != predicted
-    confidences = [confidence for *_, confidence in listed]
+    for record in listed:
+        assert targets[record["test_index"]] == record["label"] != record["prediction"] == record["top3"][0]["digit"]
+    confidences = [record["confidence"] for record in listed]
     assert confidences == sorted(confidences, reverse=True)
     assert (tmp_path / "errors.png").read_bytes()[:8] == PNG_MAGIC  # beside the weights, not over predictions.png
     assert not (tmp_path / "predictions.png").exists()
+
+
+def test_predict_py_json_gives_each_sampled_digit_its_index_label_and_top_3(trained, mnist_dir, tmp_path):
+    result = run_script("predict.py", "--weights", str(trained / "best.pt"), "--num", "5", "--json", "--out", str(tmp_path / "p.png"),
+                        "--data-dir", str(mnist_dir), "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    records = json.loads(result.stdout)
+    targets = torchvision.datasets.MNIST(mnist_dir, train=False).targets
+    assert len(records) == len({r["test_index"] for r in records}) == 5
+    for record in records:
+        assert targets[record["test_index"]] == record["label"]
+        probabilities = [top["probability"] for top in record["top3"]]
+        assert record["prediction"] == record["top3"][0]["digit"] and record["confidence"] == probabilities[0]
+        assert probabilities == sorted(probabilities, reverse=True) and sum(probabilities) <= 1 + 1e-6
+    right = sum(r["label"] == r["prediction"] for r in records)
+    assert f"5 test digits, {right} predicted correctly" in result.stderr
