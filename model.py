@@ -15,11 +15,12 @@ import torch.nn.functional as F
 from torch.fx.experimental.optimization import fuse as fuse_conv_bn
 from torchvision.models.resnet import BasicBlock, ResNet
 
-from data import INPUT_SIZE, MEAN, NUM_CLASSES, STD
-from utils import UserError, atomic_write, autocast
+from data import INPUT_SIZE, MEAN, NUM_CLASSES, STD, batch_bounds, batches
+from utils import UserError, atomic_write, autocast, progress
 
 ARCH = "resnet18-mnist"
 FORMAT_VERSION = 1
+EVAL_BATCH_SIZE = 1000  # of validation and test passes: in the same batches bf16 rounds alike, so every script predicts alike
 
 
 def ResNet18(num_classes: int = NUM_CLASSES, in_channels: int = 1) -> ResNet:
@@ -187,6 +188,17 @@ def quantize_int8(model: nn.Module, calibration_images: Iterable[torch.Tensor]) 
             for images in calibration_images:
                 observed(images.cpu())
         return convert_fx(observed)
+
+
+def evaluate_split(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = EVAL_BATCH_SIZE,
+                   amp: bool = True, *, desc: str, rank: int = 0, world_size: int = 1, show: bool = True) -> dict:
+    """evaluate() over a whole split held as tensors, in batches, with a progress bar (on a terminal) named `desc`.
+
+    Under DDP each rank evaluates its share of every batch; the sums it returns are that share's.
+    """
+    steps = len(batch_bounds(len(images), batch_size, world_size))
+    split_batches = batches(images, labels, batch_size, rank=rank, world_size=world_size)
+    return evaluate(model, progress(split_batches, total=steps, desc=desc, unit="batch", show=show), amp)
 
 
 @torch.no_grad()

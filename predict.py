@@ -15,12 +15,12 @@ from pathlib import Path
 import torch
 
 import data
-from model import evaluate, load_model
-from utils import (ArgumentParser, UserError, autocast, check_writable_dir, pick_device, positive_int, progress, pyplot,
-                   random_seed, run_cli, save_figure)
+from model import EVAL_BATCH_SIZE, evaluate_split, load_model
+from utils import (ArgumentParser, UserError, autocast, check_writable_dir, pick_device, positive_int, pyplot, random_seed,
+                   run_cli, save_figure)
 
-ERRORS_SHOWN = 64  # --errors' default cap: a trained model makes about 30 mistakes, a half-trained one thousands
-TEST_BATCH_SIZE = 1000  # test.py's default: the same batches give the same bf16 rounding, so the same mistakes
+SAMPLES_SHOWN = 16  # --num's default for random test digits
+ERRORS_SHOWN = 64  # and with --errors, a cap: a trained model makes about 30 mistakes, a half-trained one thousands
 
 
 def parse_args(argv: list[str] | None = None):
@@ -32,7 +32,7 @@ def parse_args(argv: list[str] | None = None):
     parser.add_argument("--json", action="store_true", help="print the predictions as JSON (the other messages go to stderr)")
     what.add_argument("--errors", action="store_true",
                         help="show the test digits the model gets wrong, most confident mistakes first, instead of random ones")
-    parser.add_argument("--num", type=positive_int, help=f"how many test digits to show (default: 16; with --errors {ERRORS_SHOWN})")
+    parser.add_argument("--num", type=positive_int, help=f"how many test digits to show (default: {SAMPLES_SHOWN}; with --errors {ERRORS_SHOWN})")
     parser.add_argument("--seed", type=random_seed, default=0, help="which random digits to pick")
     parser.add_argument("--out", help="where to save the figure (default: predictions.png, with --errors errors.png, "
                                       "in the folder of --weights)")
@@ -158,11 +158,10 @@ def predict_images(model: torch.nn.Module, args) -> None:
 def show_errors(model: torch.nn.Module, args, device: torch.device) -> None:
     """List and plot the test digits the model gets wrong, the most confident mistakes first.
 
-    The predictions come from model.evaluate in batches of test.py's default size, so these are the mistakes test.py counts.
+    The predictions come from model.evaluate_split in test.py's default batches, so these are the mistakes test.py counts.
     """
     images, labels = data.load_test(args.data_dir, device)
-    steps = len(data.batch_bounds(len(images), TEST_BATCH_SIZE))
-    result = evaluate(model, progress(data.batches(images, labels, TEST_BATCH_SIZE), total=steps, desc="test", unit="batch"), args.amp)
+    result = evaluate_split(model, images, labels, EVAL_BATCH_SIZE, args.amp, desc="test")
     probabilities, labels = result["logits"].softmax(1).cpu(), labels.cpu()
     confidence, predicted = probabilities.max(1)
     mistakes = (predicted != labels).nonzero().flatten()
@@ -196,7 +195,7 @@ def main(argv: list[str] | None = None) -> None:
         args.num = args.num or ERRORS_SHOWN
         show_errors(model, args, device)
         return
-    args.num = args.num or 16
+    args.num = args.num or SAMPLES_SHOWN
     images, labels = data.load_test(args.data_dir, torch.device("cpu"))
     if args.num > len(images):
         raise UserError(f"--num must be at most {len(images)}, got {args.num}")

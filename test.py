@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 import data
-from model import evaluate, load_model, quantize_int8
+from model import EVAL_BATCH_SIZE, evaluate, evaluate_split, load_model, quantize_int8
 from utils import (ArgumentParser, UserError, bf16_supported, keep_freed_memory, pick_device, positive_int, progress, pyplot,
                    random_seed, run_cli, save_figure, synchronize, write_json)
 
@@ -28,7 +28,7 @@ def parse_args(argv: list[str] | None = None):
     parser.add_argument("--data-dir", help="folder containing MNIST/raw (default: $MNIST_DATA_DIR, else ./data)")
     parser.add_argument("--out-dir", help="where test_report.json and confusion_matrix.png go (default: the folder of --weights)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
-    parser.add_argument("--batch-size", type=positive_int, default=1000, help="images per forward pass")
+    parser.add_argument("--batch-size", type=positive_int, default=EVAL_BATCH_SIZE, help="images per forward pass")
     parser.add_argument("--no-amp", dest="amp", action="store_false", help="evaluate in fp32 instead of bf16 autocast")
     parser.add_argument("--int8", action="store_true",
                         help=f"CPU only: evaluate an int8 copy of the model, calibrated on {CALIBRATION_IMAGES} training images "
@@ -187,9 +187,7 @@ def main(argv: list[str] | None = None) -> None:
 
     synchronize(device)
     started = time.perf_counter()
-    batches = progress(data.batches(images, labels, args.batch_size), total=len(data.batch_bounds(len(images), args.batch_size)),
-                       desc="test", unit="batch")
-    result = evaluate(model, batches, args.amp)
+    result = evaluate_split(model, images, labels, args.batch_size, args.amp, desc="test")
     synchronize(device)
     seconds = time.perf_counter() - started
 

@@ -21,7 +21,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 import data
-from model import ResNet18, compile_training_step, evaluate, graph_training_step, load_checkpoint, save_checkpoint, to_device, unwrap
+from model import (EVAL_BATCH_SIZE, ResNet18, compile_training_step, evaluate_split, graph_training_step, load_checkpoint,
+                   save_checkpoint, to_device, unwrap)
 from utils import (ArgumentParser, UserError, atomic_write, autocast, bf16_supported, float_between, keep_freed_memory,
                    non_negative_int, pick_device, positive_float, positive_int, progress, pyplot, random_seed, run_cli,
                    save_figure, synchronize)
@@ -68,7 +69,7 @@ def parse_args(argv: list[str] | None = None):
                           "instead of capturing CUDA graphs of the plain one; single process only")
     run.add_argument("--deterministic", action="store_true", help="bitwise-reproducible runs (slower on GPU)")
     run.add_argument("--sync-bn", action="store_true", help="under torchrun, batch-norm statistics over all ranks")
-    run.add_argument("--eval-batch-size", type=positive_int, default=1000, help="batch size of validation and test passes")
+    run.add_argument("--eval-batch-size", type=positive_int, default=EVAL_BATCH_SIZE, help="batch size of validation and test passes")
     return parser.parse_args(argv)
 
 
@@ -268,9 +269,8 @@ def main(argv: list[str] | None = None) -> torch.nn.Module | None:
 
     def loss_and_accuracy(images: torch.Tensor, labels: torch.Tensor, split: str) -> tuple[float, float]:
         """Over all ranks: each evaluates its share and the sums are added up."""
-        batches = data.batches(images, labels, args.eval_batch_size, rank=rank, world_size=world_size)
-        steps = len(data.batch_bounds(len(images), args.eval_batch_size, world_size))
-        result = evaluate(unwrap(model), progress(batches, total=steps, desc=split, unit="batch", show=is_main), amp)
+        result = evaluate_split(unwrap(model), images, labels, args.eval_batch_size, amp, desc=split, rank=rank,
+                                world_size=world_size, show=is_main)
         loss_sum, correct, count = all_reduce_sum(result["loss_sum"], result["correct"], torch.tensor(result["count"], device=device))
         return loss_sum.item() / count.item(), correct.item() / count.item()
 

@@ -27,7 +27,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import data  # noqa: E402
-from model import ResNet18, compile_training_step, fold_batchnorm, graph_training_step, quantize_int8, to_device  # noqa: E402
+from model import (EVAL_BATCH_SIZE, ResNet18, compile_training_step, fold_batchnorm, graph_training_step, quantize_int8,  # noqa: E402
+                   to_device)
 from utils import (ArgumentParser, autocast, bf16_supported, keep_freed_memory, pick_device, positive_float, positive_int,  # noqa: E402
                    progress, run_cli, synchronize)
 from train import default_batch_size  # noqa: E402
@@ -42,7 +43,7 @@ def parse_args(argv=None):
     parser.add_argument("--steps", type=positive_int, default=50, help="timed steps per measurement")
     parser.add_argument("--warmup", type=positive_int, default=10, help="untimed steps first")
     parser.add_argument("--batch-size", type=positive_int, help="our training batch size (default: train.py's on this device)")
-    parser.add_argument("--eval-batch-size", type=positive_int, default=1000, help="our evaluation batch size")
+    parser.add_argument("--eval-batch-size", type=positive_int, default=EVAL_BATCH_SIZE, help="our evaluation batch size")
     parser.add_argument("--peer-batch-size", type=positive_int, default=128, help="the peer pipeline's batch size")
     parser.add_argument("--profile", action="store_true", help="also print where our steps' time goes, kernel by kernel")
     parser.add_argument("--compile", action="store_true",

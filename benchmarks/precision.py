@@ -12,7 +12,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import data  # noqa: E402
-from model import evaluate, load_model  # noqa: E402
+from model import EVAL_BATCH_SIZE, evaluate, load_model  # noqa: E402
 from test import int8_copy  # noqa: E402
 from utils import (ArgumentParser, UserError, bf16_supported, keep_freed_memory, pick_device, positive_int,  # noqa: E402
                    run_cli, synchronize)
@@ -23,7 +23,7 @@ def parse_args(argv: list[str] | None = None):
     parser.add_argument("--weights", default="checkpoints/best.pt", help="checkpoint written by train.py")
     parser.add_argument("--data-dir", help="folder containing MNIST/raw (default: $MNIST_DATA_DIR, else ./data)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    parser.add_argument("--batch-size", type=positive_int, default=1000, help="images per forward pass")
+    parser.add_argument("--batch-size", type=positive_int, default=EVAL_BATCH_SIZE, help="images per forward pass")
     parser.add_argument("--limit", type=positive_int, help="use only the first N test images")
     return parser.parse_args(argv)
 
