@@ -16,7 +16,7 @@ import torch
 
 import data
 from model import EVAL_BATCH_SIZE, evaluate_split, load_model
-from utils import (ArgumentParser, UserError, autocast, check_writable_dir, pick_device, positive_int, pyplot, random_seed,
+from utils import (ArgumentParser, UserError, autocast, check_figure_path, pick_device, positive_int, pyplot, random_seed,
                    run_cli, save_figure)
 
 SAMPLES_SHOWN = 16  # --num's default for random test digits
@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> None:
     model, _ = load_model(args.weights, device)
     default_name = "errors.png" if args.errors else "predictions.png"
     args.out = args.out or str(Path(args.weights).parent / default_name)  # beside the weights it shows
-    check_writable_dir(args.out, "--out")
+    check_figure_path(args.out, "--out")
     if args.images:
         predict_images(model, args)
         return

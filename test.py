@@ -16,8 +16,8 @@ import torch.nn.functional as F
 
 import data
 from model import EVAL_BATCH_SIZE, evaluate, evaluate_split, load_model, quantize_int8
-from utils import (ArgumentParser, UserError, bf16_supported, keep_freed_memory, pick_device, positive_int, progress, pyplot,
-                   random_seed, run_cli, save_figure, synchronize, write_json)
+from utils import (ArgumentParser, UserError, bf16_supported, check_writable_dir, keep_freed_memory, pick_device, positive_int,
+                   progress, pyplot, random_seed, run_cli, save_figure, synchronize, write_json)
 
 CALIBRATION_IMAGES = 256  # training images whose activation ranges set the int8 scales (1,000 or 5,000: no better)
 
@@ -181,6 +181,8 @@ def main(argv: list[str] | None = None) -> None:
     keep_freed_memory()
     out_dir = Path(args.out_dir or Path(args.weights).parent)  # a report lies beside the weights it is about
     model, checkpoint = load_model(args.weights, device)
+    where = f"--out-dir {out_dir}" if args.out_dir else f"{out_dir} (the folder of --weights, where the report goes without --out-dir)"
+    check_writable_dir(out_dir, where)
     if args.int8:  # before the test images are loaded, so that --int8 off the CPU is refused at once
         model = int8_copy(model, args, device)
     images, labels = data.load_test(args.data_dir, device)

@@ -23,9 +23,9 @@ import torch.nn.functional as F
 import data
 from model import (EVAL_BATCH_SIZE, ResNet18, compile_training_step, evaluate_split, graph_training_step, load_checkpoint,
                    save_checkpoint, to_device, unwrap)
-from utils import (ArgumentParser, UserError, atomic_write, autocast, bf16_supported, float_between, keep_freed_memory,
-                   non_negative_int, pick_device, positive_float, positive_int, progress, pyplot, random_seed, run_cli,
-                   save_figure, synchronize)
+from utils import (ArgumentParser, UserError, atomic_write, autocast, bf16_supported, check_writable_dir, float_between,
+                   keep_freed_memory, non_negative_int, pick_device, positive_float, positive_int, progress, pyplot, random_seed,
+                   run_cli, save_figure, synchronize)
 
 METRICS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc", "lr", "seconds"]
 # Flags that describe where and how to run rather than what to train: --resume keeps these from the command line.
@@ -57,9 +57,10 @@ def parse_args(argv: list[str] | None = None):
     run = parser.add_argument_group("running")
     run.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     run.add_argument("--out-dir", default="checkpoints", help="where checkpoints, metrics.csv and curves.png go")
-    run.add_argument("--resume", action="store_true", help="continue from OUT_DIR/last.pt with its saved settings")
-    run.add_argument("--overwrite", action="store_true",
-                     help="start afresh in an OUT_DIR that holds an earlier run (kept until this run saves its first checkpoint)")
+    continue_or_replace = run.add_mutually_exclusive_group()
+    continue_or_replace.add_argument("--resume", action="store_true", help="continue from OUT_DIR/last.pt with its saved settings")
+    continue_or_replace.add_argument("--overwrite", action="store_true",
+                                     help="start afresh in an OUT_DIR that holds an earlier run (kept until this run saves its first checkpoint)")
     run.add_argument("--no-amp", dest="amp", action="store_false", help="train in fp32 instead of bf16 autocast")
     run.add_argument("--no-channels-last", dest="channels_last", action="store_false", help="keep NCHW memory format")
     run.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false",
@@ -147,12 +148,29 @@ def resume_command(args) -> str:
     defaults = vars(parse_args([]))
     command = ["python", "train.py", "--resume"]
     for name in sorted(RUNTIME_FLAGS - {"resume"}):
-        value = getattr(args, name)
-        if value != defaults[name]:
-            option = name.replace("_", "-")
-            # A switch is --X when it was off by default (--compile), --no-X when on (--no-cuda-graphs).
-            command += [f"--{option}" if value else f"--no-{option}"] if isinstance(value, bool) else [f"--{option}", str(value)]
+        if getattr(args, name) != defaults[name]:
+            command += flag_words(name, getattr(args, name))
     return shlex.join(command)
+
+
+def flag_words(name: str, value) -> list[str]:
+    """The command-line words that set args.NAME to value: a switch is --X where it is off by default (--compile),
+    --no-X where on (--no-cuda-graphs)."""
+    option = name.replace("_", "-")
+    return ([f"--{option}"] if value else [f"--no-{option}"]) if isinstance(value, bool) else [f"--{option}", str(value)]
+
+
+def check_resumed_recipe(args, saved: dict, last_pt: Path) -> None:
+    """A resumed run keeps the recipe saved in last.pt (a one-cycle schedule cannot change course half way), so a
+    recipe flag on the command line that says otherwise is refused rather than silently ignored."""
+    defaults = vars(parse_args([]))
+    clashes = [name for name, value in vars(args).items()
+               if name not in RUNTIME_FLAGS and name in saved and value != defaults[name] and value != saved[name]]
+    if clashes:
+        given = shlex.join(sum((flag_words(name, getattr(args, name)) for name in clashes), []))
+        kept = ", ".join(f"{name}={saved[name]}" for name in clashes)
+        raise UserError(f"{last_pt} resumes with the settings it was saved with, not {given} (saved: {kept}): leave "
+                        f"{'that' if len(clashes) == 1 else 'those'} out, or start a new run (another --out-dir, or --overwrite)")
 
 
 def test_command(args) -> str:
@@ -202,9 +220,9 @@ def main(argv: list[str] | None = None) -> torch.nn.Module | None:
     """Train as the command line says; returns the trained model (None if a finished run was resumed)."""
     args = parse_args(argv)
     out_dir = Path(args.out_dir)
+    check_writable_dir(out_dir, f"--out-dir {out_dir}")
     device = pick_device(args.device)
     keep_freed_memory()
-    args.batch_size = args.batch_size or default_batch_size(device)
     checkpoint = None
     earlier = [name for name in ("best.pt", "last.pt") if (out_dir / name).exists()]
     if earlier and not (args.resume or args.overwrite):
@@ -214,8 +232,10 @@ def main(argv: list[str] | None = None) -> torch.nn.Module | None:
         checkpoint = load_checkpoint(out_dir / "last.pt")
         if "optimizer" not in checkpoint:
             raise UserError(f"{out_dir / 'last.pt'} holds weights only (no optimizer state), so it cannot be resumed")
+        check_resumed_recipe(args, checkpoint["args"], out_dir / "last.pt")
         runtime = {k: v for k, v in vars(args).items() if k in RUNTIME_FLAGS}
         args.__dict__.update({**checkpoint["args"], **runtime})
+    args.batch_size = args.batch_size or default_batch_size(device)
     rank, world_size, device = setup_distributed(device)
     is_main = rank == 0
     if args.batch_size < world_size:

@@ -230,8 +230,25 @@ def save_figure(fig, path: str | Path, close: bool = True) -> None:
         plt.close(fig)
 
 
-def check_writable_dir(path: str | Path, what: str) -> None:
-    """Fail before any work is done if an output would land in a folder that does not exist."""
-    parent = Path(path).parent
-    if not parent.is_dir():
-        raise UserError(f"{what} {path}: folder {parent} does not exist")
+def check_writable_dir(folder: str | Path, what: str, must_exist: bool = False) -> None:
+    """Fail before any work is done if outputs could not be written into `folder` at the end: it, or while it is still
+    to be created the nearest folder above it that exists, is a file or not writable; with must_exist, it is missing."""
+    given = Path(folder)
+    if must_exist and not given.exists():
+        raise UserError(f"{what}: folder {given} does not exist")
+    existing = next(p for p in (given.absolute(), *given.absolute().parents) if p.exists())
+    if not existing.is_dir():
+        raise UserError(f"{what}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"{what}: cannot write in {existing} (no permission, or a read-only file system)")
+
+
+def check_figure_path(path: str | Path, what: str) -> None:
+    """Fail before any work is done if a figure could not be saved to `path`: a format matplotlib does not write
+    (it goes by the extension), or a folder that is missing or not writable."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    formats = FigureCanvasBase.get_supported_filetypes()
+    if Path(path).suffix[1:].lower() not in formats:
+        raise UserError(f"{what} {path}: end the name with an extension matplotlib can write ({', '.join(sorted(formats))})")
+    check_writable_dir(Path(path).parent, f"{what} {path}", must_exist=True)

@@ -26,7 +26,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from utils import ArgumentParser, UserError, random_seed, run_cli, write_json  # noqa: E402
+from utils import ArgumentParser, UserError, check_writable_dir, random_seed, run_cli, write_json  # noqa: E402
 
 OWN_FLAGS = ("--seed", "--out-dir", "--test-each-epoch")  # set per seed by this script
 RUN_RECORD = "seeds_run.json"  # in each seed's folder: its train.py flags, whether training finished, and how long it took
@@ -137,6 +137,7 @@ def summarise(runs: dict[int, Path], wall_seconds: dict[int, float | None], targ
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     out_dir = Path(args.out_dir)
+    check_writable_dir(out_dir, f"--out-dir {out_dir}")  # before hours of training, not when the summary is written
     runs = {seed: out_dir / f"seed{seed}" for seed in args.seeds}
     wall_seconds = {seed: run_seed(seed, run_dir, args) for seed, run_dir in runs.items()}
     summary = summarise(runs, wall_seconds, args.target)

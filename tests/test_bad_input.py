@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -53,9 +54,15 @@ CASES = [  # (id, script, arguments with {w}=good weights {t}=tmp {d}=data dir, 
     ("unknown-device", "train.py", ["--device", "tpu"], "unknown device 'tpu'"),
     ("cuda-without-gpu", "test.py", ["--weights", "{w}", "--device", "cuda"], "no CUDA GPU is available"),
     ("resume-without-checkpoint", "train.py", ["--resume"], "no checkpoint at"),
+    ("resume-and-overwrite", "train.py", ["--resume", "--overwrite"], "argument --overwrite: not allowed with argument --resume"),
     ("train-over-an-earlier-run", "train.py", ["--out-dir", "{t}/earlier"], "earlier already holds best.pt and last.pt of an earlier run: continue"),
     ("unknown-flag", "test.py", ["--epochs", "3"], "unrecognized arguments: --epochs 3"),
     ("predict-into-missing-folder", "predict.py", ["--weights", "{w}", "--out", "{t}/no/such/dir/p.png"], "does not exist"),
+    ("train-into-a-file", "train.py", ["--out-dir", "{t}/notes.txt/run"], "notes.txt is a file, not a folder"),
+    ("test-report-into-a-file", "test.py", ["--weights", "{w}", "--out-dir", "{t}/notes.txt"], "notes.txt is a file, not a folder"),
+    ("seeds-into-a-file", "benchmarks/seeds.py", ["--out-dir", "{t}/notes.txt/runs"], "notes.txt is a file, not a folder"),
+    ("predict-figure-of-unknown-format", "predict.py", ["--weights", "{w}", "--out", "{t}/p.txt"],
+     "p.txt: end the name with an extension matplotlib can write (avif, eps, gif, jpeg, jpg, pdf,"),
     ("predict-zero-images", "predict.py", ["--weights", "{w}", "--num", "0", "--out", "{t}/p.png"], "--num: must be a positive integer"),
     ("predict-errors-of-own-images", "predict.py", ["--weights", "{w}", "--errors", "--images", "{t}/notes.txt", "--out", "{t}/p.png"],
      "--images: not allowed with argument --errors"),
@@ -92,6 +99,35 @@ def test_bad_input_gets_one_line_exit_2_and_writes_nothing(workspace, mnist_dir,
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
     assert expected in lines[0]
     assert snapshot(workspace) == before
+
+
+def test_resuming_with_another_recipe_is_refused_not_ignored(trained, mnist_dir):
+    # --resume takes the recipe from last.pt (its one-cycle schedule is fixed at the start), so an --epochs on the
+    # command line could never take effect: said at once, and the finished run is left as it was.
+    before = snapshot(trained)
+    result = run_script("train.py", "--resume", "--epochs", "5", "--lr", "0.05", "--no-augment", "--out-dir", str(trained),
+                        env={"MNIST_DATA_DIR": str(mnist_dir)})
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert result.stderr == (f"error: {trained / 'last.pt'} resumes with the settings it was saved with, not --epochs 5 --no-augment "
+                             "(saved: epochs=2, augment=True): leave those out, or start a new run (another --out-dir, or --overwrite)\n")
+    assert snapshot(trained) == before
+
+
+def test_weights_in_a_folder_it_cannot_write_are_tested_only_with_another_out_dir(workspace, monkeypatch):
+    # test.py writes its report beside the weights unless told otherwise: where it may not write (weights shared
+    # read-only), it says so before evaluating. CI runs as root, who may write anywhere, so access is denied here
+    # through os.access, which the check asks.
+    import data
+    import test
+    import utils
+
+    read_only = workspace.resolve()
+    monkeypatch.setattr(utils.os, "access", lambda path, mode: Path(path).resolve() != read_only)
+    monkeypatch.setattr(data, "load_test", lambda *args: pytest.fail("evaluated before the report's folder was checked"))
+    with pytest.raises(utils.UserError) as refused:
+        test.main(["--weights", str(workspace / "good.pt"), "--device", "cpu"])
+    assert str(refused.value) == (f"{workspace} (the folder of --weights, where the report goes without --out-dir): "
+                                  f"cannot write in {read_only} (no permission, or a read-only file system)")
 
 
 def test_int8_off_the_cpu_is_refused_with_what_to_do():
