@@ -21,6 +21,8 @@ from utils import (ArgumentParser, UserError, autocast, check_figure_path, pick_
 
 SAMPLES_SHOWN = 16  # --num's default for random test digits
 ERRORS_SHOWN = 64  # and with --errors, a cap: a trained model makes about 30 mistakes, a half-trained one thousands
+GRID_PANELS = 256  # at most, in one figure of digits: 16x16 stays legible and quick; --json and the text list them all
+USER_IMAGES_DRAWN = 32  # at most, of --images, each beside what the model saw
 
 
 def parse_args(argv: list[str] | None = None):
@@ -56,12 +58,13 @@ def records_of_test_digits(indices: torch.Tensor, labels: torch.Tensor, probabil
 
 
 @torch.no_grad()
+@torch.no_grad()
 def classify(model: torch.nn.Module, images: torch.Tensor, amp: bool) -> torch.Tensor:
-    """Softmax probabilities [N, 10] for 32x32 [0, 1] images [N, 1, 32, 32]."""
+    """Softmax probabilities [N, 10] for 32x32 [0, 1] images [N, 1, 32, 32], in batches of test.py's size."""
     device = next(model.parameters()).device
     with autocast(device, amp):
-        logits = model(data.normalize(images.to(device)))
-    return logits.float().softmax(1).cpu()
+        logits = torch.cat([model(data.normalize(batch.to(device))).float() for batch in images.split(EVAL_BATCH_SIZE)])
+    return logits.softmax(1).cpu()
 
 
 def show_window(plt, path: str) -> None:
@@ -76,12 +79,15 @@ def show_window(plt, path: str) -> None:
 
 def plot_grid(path: str, images: torch.Tensor, probabilities: torch.Tensor, labels: torch.Tensor | None, show: bool,
               heading: str = "predicted (confidence)") -> None:
-    """One panel per image, titled 'predicted (confidence)' and, when known, the true label; mistakes in red."""
+    """One panel per image (the first GRID_PANELS), titled 'predicted (confidence)' and, when known, the true label;
+    mistakes in red."""
     plt = pyplot(interactive=show)
-    n = len(images)
+    n = min(len(images), GRID_PANELS)
+    if n < len(images):
+        heading += f"; the first {n} of {len(images)}"
     cols = math.ceil(math.sqrt(n))
     rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.9 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.9 * rows), squeeze=False, layout="constrained")
     confidence, predicted = probabilities.max(1)
     for i, ax in enumerate(axes.flat):
         ax.axis("off")
@@ -93,18 +99,22 @@ def plot_grid(path: str, images: torch.Tensor, probabilities: torch.Tensor, labe
         if labels is not None:
             title += f"\ntrue {labels[i]}" + (" ✗" if wrong else "")
         ax.set_title(title, fontsize=9, color="crimson" if wrong else "black")
-    fig.suptitle(heading, fontsize=10)
-    fig.tight_layout()
+    fig.suptitle(heading, fontsize=10)  # constrained layout keeps it clear of the top row's titles, as tight_layout did not
     save_figure(fig, path, close=not show)
     if show:
         show_window(plt, path)
+
+
+def first_drawn(count: int, most: int = GRID_PANELS) -> str:
+    """What to add to 'figure saved to ...' where a figure of `count` images drew only the first `most`."""
+    return f" (the first {most} drawn)" if count > most else ""
 
 
 def plot_user_images(path: str, originals: list[torch.Tensor], inputs: torch.Tensor, probabilities: torch.Tensor,
                      names: list[str], show: bool) -> None:
     """Each user image beside the 32x32 digit the model saw, titled with its prediction."""
     plt = pyplot(interactive=show)
-    shown = min(len(originals), 32)
+    shown = min(len(originals), USER_IMAGES_DRAWN)
     fig, axes = plt.subplots(shown, 2, figsize=(4, 2 * shown), squeeze=False)
     confidence, predicted = probabilities.max(1)
     for i in range(shown):
@@ -150,7 +160,7 @@ def predict_images(model: torch.nn.Module, args) -> None:
                 top3 = ", ".join(f"{t['digit']} {100 * t['probability']:.1f}%" for t in r["top3"])
                 print(f"{r['path']}: {r['prediction']} ({100 * r['confidence']:.1f}%)  top-3: {top3}")
         plot_user_images(args.out, originals, inputs, probabilities, names, args.show)
-        print(f"figure saved to {args.out}", file=sys.stderr if args.json else sys.stdout)
+        print(f"figure saved to {args.out}{first_drawn(len(names), USER_IMAGES_DRAWN)}", file=sys.stderr if args.json else sys.stdout)
     if failed:
         raise UserError(f"{failed} of {len(files)} files could not be classified", exit_code=1)
 
@@ -178,7 +188,7 @@ def show_errors(model: torch.nn.Module, args, device: torch.device) -> None:
         which = f"the {len(shown)} most confident of the model's" if len(shown) < len(mistakes) else "the model's"
         plot_grid(args.out, images[shown.to(device)].cpu(), probabilities[shown], labels[shown], args.show,
                   heading=f"{which} {len(mistakes)} mistakes on the MNIST test set, most confident first: predicted (confidence)")
-        print(f"figure saved to {args.out}", file=messages)
+        print(f"figure saved to {args.out}{first_drawn(len(shown))}", file=messages)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -205,7 +215,7 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(records_of_test_digits(pick, labels[pick], probabilities), indent=2))
     plot_grid(args.out, images[pick], probabilities, labels[pick], args.show)
     wrong = int((probabilities.argmax(1) != labels[pick]).sum())
-    print(f"{args.num} test digits, {args.num - wrong} predicted correctly; figure saved to {args.out}",
+    print(f"{args.num} test digits, {args.num - wrong} predicted correctly; figure saved to {args.out}{first_drawn(args.num)}",
           file=sys.stderr if args.json else sys.stdout)
 
 

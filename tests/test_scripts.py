@@ -261,3 +261,26 @@ def test_predict_py_json_gives_each_sampled_digit_its_index_label_and_top_3(trai
         assert probabilities == sorted(probabilities, reverse=True) and sum(probabilities) <= 1 + 1e-6
     right = sum(r["label"] == r["prediction"] for r in records)
     assert f"5 test digits, {right} predicted correctly" in result.stderr
+
+
+def test_predict_py_draws_at_most_256_digits_and_lists_them_all(trained, mnist_dir, tmp_path, monkeypatch, capsys):
+    # --num goes up to the whole test set, which in one figure was minutes of matplotlib and gigabytes of memory.
+    import matplotlib.pyplot as plt
+
+    import predict
+
+    figures = []
+
+    def keep(fig, path, close=True):
+        figures.append((sum(bool(ax.images) for ax in fig.axes), fig._suptitle.get_text()))
+        plt.close(fig)
+
+    monkeypatch.setattr(predict, "save_figure", keep)
+    out = tmp_path / "p.png"
+    predict.main(["--weights", str(trained / "best.pt"), "--num", "300", "--json", "--out", str(out), "--data-dir", str(mnist_dir),
+                  "--device", "cpu"])
+    printed = capsys.readouterr()
+    assert len(json.loads(printed.out)) == 300
+    assert figures == [(256, "predicted (confidence); the first 256 of 300")]
+    assert re.search(rf"^300 test digits, \d+ predicted correctly; figure saved to {re.escape(str(out))} \(the first 256 drawn\)$",
+                     printed.err, re.M), printed.err
