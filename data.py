@@ -223,16 +223,22 @@ def _otsu_threshold(x: torch.Tensor) -> float:
     return levels[between.argmax()].item()
 
 
+def box_blur(x: torch.Tensor, kernel: int) -> torch.Tensor:
+    """The mean over each kernel x kernel box (odd kernel, edges replicated) of an image [H, W], as a row pass then a
+    column pass: 2 * kernel additions a pixel instead of kernel**2 (a 12-megapixel photo: 0.6 s instead of 20)."""
+    if kernel == 1:
+        return x
+    padded = F.pad(x[None, None], [kernel // 2] * 4, mode="replicate")
+    return F.avg_pool2d(F.avg_pool2d(padded, (1, kernel), stride=1), (kernel, 1), stride=1)[0, 0]
+
+
 def digit_to_mnist(gray: torch.Tensor) -> torch.Tensor:
     """A grayscale digit [H, W] in [0, 1] as MNIST would have it: [28, 28], light on black, 20x20 box, centred by mass."""
     border = torch.cat([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
     x = 1 - gray if border.median() > 0.5 else gray.clone()  # make it light ink on a dark background
     # Find the ink on a copy blurred in proportion to size, so paper texture and sensor noise do not survive the
     # threshold; the digit itself stays sharp (the downscale to 20x20 below averages the noise away anyway).
-    kernel = max(1, round(max(x.shape) / 100)) * 2 - 1
-    blurred = x
-    if kernel > 1:
-        blurred = F.avg_pool2d(F.pad(x[None, None], [kernel // 2] * 4, mode="replicate"), kernel, stride=1)[0, 0]
+    blurred = box_blur(x, max(1, round(max(x.shape) / 100)) * 2 - 1)
     threshold = _otsu_threshold(blurred)
     mask = blurred > threshold
     # Samples are enough for percentiles (and torch.quantile caps its input size).

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 import data
 from model import EVAL_BATCH_SIZE, evaluate_split, load_model
@@ -110,11 +111,19 @@ def first_drawn(count: int, most: int = GRID_PANELS) -> str:
     return f" (the first {most} drawn)" if count > most else ""
 
 
+def preview(gray: torch.Tensor, side: int = 240) -> torch.Tensor:
+    """A user's image at most `side` pixels a side (its panel: 2 inches at 120 dpi), so that a folder of photos is
+    never all held in memory at full size."""
+    scale = side / max(gray.shape)
+    return F.interpolate(gray[None, None], scale_factor=scale, mode="area")[0, 0] if scale < 1 else gray
+
+
 def plot_user_images(path: str, originals: list[torch.Tensor], inputs: torch.Tensor, probabilities: torch.Tensor,
                      names: list[str], show: bool) -> None:
-    """Each user image beside the 32x32 digit the model saw, titled with its prediction."""
+    """Each user image (previews of the first USER_IMAGES_DRAWN of those named) beside the 32x32 digit the model saw,
+    titled with its prediction."""
     plt = pyplot(interactive=show)
-    shown = min(len(originals), USER_IMAGES_DRAWN)
+    shown = len(originals)
     fig, axes = plt.subplots(shown, 2, figsize=(4, 2 * shown), squeeze=False)
     confidence, predicted = probabilities.max(1)
     for i in range(shown):
@@ -124,8 +133,8 @@ def plot_user_images(path: str, originals: list[torch.Tensor], inputs: torch.Ten
         axes[i, 1].set_title(f"model saw: {predicted[i]} ({100 * confidence[i]:.0f}%)", fontsize=9)
         for ax in axes[i]:
             ax.axis("off")
-    if shown < len(originals):
-        fig.suptitle(f"first {shown} of {len(originals)} images", fontsize=9)
+    if shown < len(names):
+        fig.suptitle(f"first {shown} of {len(names)} images", fontsize=9)
     fig.tight_layout()
     save_figure(fig, path, close=not show)
     if show:
@@ -147,7 +156,8 @@ def predict_images(model: torch.nn.Module, args) -> None:
             print(f"error: {message}", file=sys.stderr)
             failed += 1
             continue
-        originals.append(gray)
+        if len(originals) < USER_IMAGES_DRAWN:
+            originals.append(preview(gray))
         names.append(str(path))
     if digits:
         inputs = data.to_model_size(torch.stack(digits))

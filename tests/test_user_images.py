@@ -32,6 +32,7 @@ def test_photos_of_digits_score_within_5_points_of_the_originals(trained, render
     assert result.returncode == 0, result.stderr
     predictions = {r["path"]: r["prediction"] for r in json.loads(result.stdout)}
     assert len(predictions) == N_DIGITS
+    assert result.stderr == f"figure saved to {tmp_path / 'seen.png'} (the first 32 drawn)\n"  # all listed, 32 drawn
     on_files = np.mean([predictions[str(p)] == int(p.stem.split("label")[1]) for p in paths])
 
     model, _ = load_model(trained / "best.pt", torch.device("cpu"))
@@ -87,6 +88,25 @@ def test_a_digit_in_a_small_clean_image_is_not_distorted():
     prepared = data.digit_to_mnist(1 - digit)  # given dark on light
     assert prepared.shape == (28, 28)
     assert torch.allclose(prepared, digit, atol=1e-4)
+
+
+def test_a_photo_is_kept_for_the_figure_as_a_small_preview_of_the_same_picture():
+    from predict import preview
+
+    photo = torch.rand(3000, 4000)  # 12 megapixels, 48 MB as floats: a folder of these must not all stay in memory
+    small = preview(photo)
+    assert small.shape == (180, 240)
+    assert abs(small.mean() - photo.mean()) < 1e-3
+    assert torch.allclose(preview(torch.full((3000, 4000), 0.25)), torch.tensor(0.25))  # the picture, not a crop or a tint
+    icon = torch.rand(28, 28)
+    assert preview(icon) is icon
+
+
+def test_the_box_blur_that_finds_the_ink_is_the_square_box_computed_in_two_passes():
+    image = torch.rand(300, 400)
+    square = torch.nn.functional.avg_pool2d(torch.nn.functional.pad(image[None, None], [4] * 4, mode="replicate"), 9, stride=1)[0, 0]
+    assert torch.allclose(data.box_blur(image, 9), square, atol=1e-5)
+    assert data.box_blur(image, 1) is image
 
 
 def test_corruptions_are_deterministic_given_a_seed_and_keep_shape():
