@@ -59,7 +59,6 @@ def records_of_test_digits(indices: torch.Tensor, labels: torch.Tensor, probabil
 
 
 @torch.no_grad()
-@torch.no_grad()
 def classify(model: torch.nn.Module, images: torch.Tensor, amp: bool) -> torch.Tensor:
     """Softmax probabilities [N, 10] for 32x32 [0, 1] images [N, 1, 32, 32], in batches of test.py's size."""
     device = next(model.parameters()).device
