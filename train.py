@@ -58,7 +58,8 @@ def parse_args(argv: list[str] | None = None):
     run.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     run.add_argument("--out-dir", default="checkpoints", help="where checkpoints, metrics.csv and curves.png go")
     continue_or_replace = run.add_mutually_exclusive_group()
-    continue_or_replace.add_argument("--resume", action="store_true", help="continue from OUT_DIR/last.pt with its saved settings (recipe flags that differ are refused)")
+    continue_or_replace.add_argument("--resume", action="store_true",
+                                     help="continue from OUT_DIR/last.pt with its saved settings (recipe flags that differ are refused)")
     continue_or_replace.add_argument("--overwrite", action="store_true",
                                      help="start afresh in an OUT_DIR that holds an earlier run (kept until this run saves its first checkpoint)")
     run.add_argument("--no-amp", dest="amp", action="store_false", help="train in fp32 instead of bf16 autocast")
