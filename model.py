@@ -74,8 +74,15 @@ def save_checkpoint(path: str | Path, model: nn.Module, **state: Any) -> None:
         "model": unwrap(model).state_dict(),
         **state,
     }
-    with atomic_write(path) as tmp:
-        torch.save(payload, tmp)
+    with atomic_write(path) as tmp, open(tmp, "wb") as file:
+        try:
+            torch.save(payload, file)
+        except RuntimeError as error:
+            # torch reports a write the system refused (a full disk) as "unexpected pos 704 vs 598"; the OSError it
+            # caught says what happened, and atomic_write makes that one line.
+            if isinstance(error.__context__, OSError):
+                raise error.__context__ from None
+            raise
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:

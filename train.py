@@ -7,6 +7,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 import shlex
@@ -174,6 +175,19 @@ def check_resumed_recipe(args, saved: dict, last_pt: Path) -> None:
                         f"{'that' if len(clashes) == 1 else 'those'} out, or start a new run (another --out-dir, or --overwrite)")
 
 
+@contextlib.contextmanager
+def resume_hint(args, resumable: bool):
+    """A save the system refuses (a full disk) leaves the earlier files whole; where they include this run's own
+    last.pt, the error ends with the command that goes on from it."""
+    try:
+        yield
+    except UserError as error:
+        if not resumable:
+            raise
+        raise UserError(f"{error}; the run can go on from {Path(args.out_dir) / 'last.pt'} with: {resume_command(args)}",
+                        error.exit_code) from None
+
+
 def test_command(args) -> str:
     """The test.py command for this run's best.pt (test.py writes its report beside the weights)."""
     command = ["python", "test.py"]
@@ -263,6 +277,7 @@ def main(argv: list[str] | None = None) -> torch.nn.Module | None:
     steps_per_epoch = len(batch_bounds)
     scheduler = one_cycle_schedule(optimizer, args.lr, args.epochs * steps_per_epoch, args.warmup)
     start_epoch, start_step, history, best_val_acc, partial = 0, 0, [], -1.0, None
+    has_own_last_pt = checkpoint is not None  # else a last.pt in out_dir is an earlier run's, until this one saves
     if checkpoint is not None:
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
@@ -354,7 +369,8 @@ def main(argv: list[str] | None = None) -> torch.nn.Module | None:
                 if is_main:
                     partial = {"loss": step_loss.cpu(), "correct": step_correct.cpu(), "count": step_count.cpu(),
                                "seconds": time.perf_counter() - started}
-                    save_checkpoint(out_dir / "last.pt", model, **state(epoch, step + 1, partial))
+                    with resume_hint(args, has_own_last_pt):
+                        save_checkpoint(out_dir / "last.pt", model, **state(epoch, step + 1, partial))
                     if not history:  # this run's first save
                         remove_earlier_outputs(out_dir)
                     print(f"saved {out_dir / 'last.pt'} at epoch {epoch + 1}, step {step + 1}/{steps_per_epoch}; "
@@ -383,12 +399,14 @@ def main(argv: list[str] | None = None) -> torch.nn.Module | None:
             # With no validation split there is nothing to choose on: best.pt is simply the latest epoch. Ties go to the
             # later epoch: 5,000 images resolve 0.02%, so late epochs often tie, and the later one has trained longer.
             improved = row["val_acc"] == "" or row["val_acc"] >= best_val_acc
-            if improved:
-                best_val_acc = row["val_acc"] if row["val_acc"] != "" else best_val_acc
-                save_checkpoint(out_dir / "best.pt", model, epoch=epoch + 1, metrics=row, args=vars(args))
-            save_checkpoint(out_dir / "last.pt", model, **state(epoch + 1, 0, None))
-            write_metrics_csv(out_dir / "metrics.csv", history)
-            plot_curves(out_dir / "curves.png", history)
+            with resume_hint(args, has_own_last_pt):
+                if improved:
+                    best_val_acc = row["val_acc"] if row["val_acc"] != "" else best_val_acc
+                    save_checkpoint(out_dir / "best.pt", model, epoch=epoch + 1, metrics=row, args=vars(args))
+                save_checkpoint(out_dir / "last.pt", model, **state(epoch + 1, 0, None))
+                has_own_last_pt = True
+                write_metrics_csv(out_dir / "metrics.csv", history)
+                plot_curves(out_dir / "curves.png", history)
             if len(history) == 1:  # this run's first save (its first epoch always improves on best_val_acc = -1)
                 remove_earlier_outputs(out_dir, just_written=("best.pt", "metrics.csv", "curves.png"))
             val_text = f"val loss {row['val_loss']:.4f} acc {100 * row['val_acc']:.2f}%{' *' if improved else ''}" if row["val_acc"] != "" else "no validation"

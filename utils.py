@@ -188,20 +188,34 @@ def synchronize(device: torch.device) -> None:
 def atomic_write(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it over `path` only if the block succeeds.
 
-    Readers never see a half-written file: a crash, a full disk or a second Ctrl-C leaves the old file intact.
+    Readers never see a half-written file: a crash, a full disk or a second Ctrl-C leaves the old file intact. A write
+    the system refuses (a full disk or quota, a folder removed meanwhile) is a UserError naming the file, exit code 1.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Keep the real suffix last so tools that infer the format from the name (matplotlib) still work.
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}")
-    os.close(fd)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Keep the real suffix last so tools that infer the format from the name (matplotlib) still work.
+        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}")
+        os.close(fd)
+        umask = os.umask(0o022)  # reading the umask means setting it: put it straight back
+        os.umask(umask)
+        os.chmod(tmp_name, 0o666 & ~umask)  # as open() would have made it: mkstemp's files are private (0600)
+    except OSError as error:
+        raise write_failed(path, error) from None
     tmp = Path(tmp_name)
     try:
         yield tmp
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         tmp.unlink(missing_ok=True)
+        if isinstance(error, OSError):
+            raise write_failed(path, error) from None
         raise
+
+
+def write_failed(path: Path, error: OSError) -> UserError:
+    kept = f" (the earlier {path.name} is kept whole)" if path.exists() else ""
+    return UserError(f"could not write {path}: {error.strerror or error}{kept}", exit_code=1)
 
 
 def write_json(path: str | Path, data: dict) -> None:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from utils import ArgumentParser, UserError, check_writable_dir, random_seed, run_cli, write_json  # noqa: E402
+from utils import ArgumentParser, UserError, atomic_write, check_writable_dir, random_seed, run_cli, write_json  # noqa: E402
 
 OWN_FLAGS = ("--seed", "--out-dir", "--test-each-epoch")  # set per seed by this script
 RUN_RECORD = "seeds_run.json"  # in each seed's folder: its train.py flags, whether training finished, and how long it took
@@ -141,8 +141,8 @@ def main(argv: list[str] | None = None) -> None:
     runs = {seed: out_dir / f"seed{seed}" for seed in args.seeds}
     wall_seconds = {seed: run_seed(seed, run_dir, args) for seed, run_dir in runs.items()}
     summary = summarise(runs, wall_seconds, args.target)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "summary.md").write_text(f"train.py flags: {' '.join(args.train_args) or '(defaults)'}\n\n{summary}")
+    with atomic_write(out_dir / "summary.md") as tmp:
+        tmp.write_text(f"train.py flags: {' '.join(args.train_args) or '(defaults)'}\n\n{summary}")
     print(f"\n{summary}\nwrote {out_dir / 'summary.md'}")
 
 

@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import csv
+import errno
 import os
 import shlex
 import signal
 import subprocess
 import sys
 import time
+from typing import Callable
 
 import pytest
 import torch
@@ -137,17 +139,67 @@ def test_a_write_that_fails_half_way_leaves_the_previous_checkpoint_loadable(tmp
     save_checkpoint(tmp_path / "best.pt", good, epoch=1)
     before = (tmp_path / "best.pt").read_bytes()
 
-    def save_half_then_fail(obj, path, *args, **kwargs):
-        with open(path, "wb") as f:
-            f.write(before[: len(before) // 2])
-        raise OSError("disk full")
+    def save_half_then_fail(obj, file, *args, **kwargs):
+        file.write(before[: len(before) // 2])
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(model_module.torch, "save", save_half_then_fail)
-    with pytest.raises(OSError):
+    with pytest.raises(UserError) as failed:
         save_checkpoint(tmp_path / "best.pt", ResNet18(), epoch=2)
+    assert str(failed.value) == f"could not write {tmp_path / 'best.pt'}: No space left on device (the earlier best.pt is kept whole)"
+    assert failed.value.exit_code == 1
     assert (tmp_path / "best.pt").read_bytes() == before
     assert load_checkpoint(tmp_path / "best.pt")["epoch"] == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt"]  # no temporary file left behind
+
+
+def test_written_files_get_the_permissions_of_any_file_the_user_creates(tmp_path):
+    # tempfile.mkstemp, where atomic writes start, makes files only their owner may read (0600) whatever the umask.
+    for umask, mode in ((0o022, 0o644), (0o077, 0o600)):
+        previous = os.umask(umask)
+        try:
+            save_checkpoint(tmp_path / "best.pt", ResNet18())
+        finally:
+            os.umask(previous)
+        assert (tmp_path / "best.pt").stat().st_mode & 0o777 == mode
+
+
+def limit_file_size(megabytes: int) -> Callable[[], None]:
+    """For subprocess's preexec_fn: the system refuses to grow any file past the size (EFBIG; CPython ignores the
+    SIGXFSZ that comes with it), as a full disk would refuse, for checkpoints larger than that and not smaller."""
+    import resource  # Unix only
+
+    return lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (megabytes * 2**20, megabytes * 2**20))
+
+
+def test_a_save_the_system_refuses_is_one_line_and_the_run_goes_on_from_its_last_good_checkpoint(straight_run, mnist_dir, tmp_path):
+    # best.pt (45 MB, the weights) fits under the limit, last.pt (89 MB, with the optimizer's momentum) does not.
+    command = [sys.executable, str(ROOT / "train.py"), *TINY, "--out-dir", str(tmp_path), "--data-dir", str(mnist_dir)]
+    fresh = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, preexec_fn=limit_file_size(60))
+    assert fresh.returncode == 1, fresh.stderr
+    # No last.pt of this run to go on from, so no command to do it.
+    assert fresh.stderr == f"error: could not write {tmp_path / 'last.pt'}: File too large\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt"]  # no temporary file left behind
+
+    process = start_training(tmp_path, mnist_dir, "--overwrite")
+    wait_for_line(process, "epoch   1/2")  # printed after last.pt of epoch 1 is on disk
+    process.kill()
+    process.wait()
+    epoch_1 = (tmp_path / "last.pt").read_bytes()
+    resumed = subprocess.run([*command[:2], "--resume", *command[-4:]], cwd=ROOT, capture_output=True, text=True,
+                             preexec_fn=limit_file_size(60))
+    assert resumed.returncode == 1, resumed.stderr
+    assert resumed.stderr == (f"error: could not write {tmp_path / 'last.pt'}: File too large (the earlier last.pt is kept whole); "
+                              f"the run can go on from {tmp_path / 'last.pt'} with: "
+                              f"{shlex.join(['python', 'train.py', '--resume', '--data-dir', str(mnist_dir), '--out-dir', str(tmp_path)])}\n")
+    assert (tmp_path / "last.pt").read_bytes() == epoch_1
+
+    # The command it gives, once the file can be written, ends the run as if nothing had happened.
+    result = run_script("train.py", *shlex.split(resumed.stderr.split("with: ")[1])[2:])
+    assert result.returncode == 0, result.stderr
+    assert_same_weights(straight_run / "last.pt", tmp_path / "last.pt")
+    assert_same_weights(straight_run / "best.pt", tmp_path / "best.pt")
+    assert metric_rows(straight_run) == metric_rows(tmp_path)
 
 
 class WritesMarker:
