@@ -88,6 +88,8 @@ def save_checkpoint(path: str | Path, model: nn.Module, **state: Any) -> None:
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
     """Read a checkpoint safely (no pickled code runs) and check it is one this code can use."""
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path} is a folder; name the checkpoint in it, e.g. {path / 'best.pt'}")
     if not path.is_file():
         hint = " (train first: python train.py)" if path.name in ("best.pt", "last.pt") else ""
         raise UserError(f"no checkpoint at {path}{hint}")

@@ -36,6 +36,7 @@ def broken_data_dir(root, mnist_dir, broken: str, how: str):
 
 CASES = [  # (id, script, arguments with {w}=good weights {t}=tmp {d}=data dir, part of the expected message)
     ("missing-weights", "test.py", ["--weights", "{t}/nope.pt"], "no checkpoint at"),
+    ("folder-as-weights", "test.py", ["--weights", "{t}/earlier"], "earlier is a folder; name the checkpoint in it, e.g. "),
     ("empty-checkpoint", "test.py", ["--weights", "{t}/empty.pt"], "not a readable checkpoint"),
     ("truncated-checkpoint", "test.py", ["--weights", "{t}/truncated.pt"], "not a readable checkpoint"),
     ("text-file-as-checkpoint", "predict.py", ["--weights", "{t}/notes.txt", "--out", "{t}/p.png"], "not a readable checkpoint"),
