@@ -4,8 +4,8 @@
 #
 #     MNIST_DATA_DIR=/path/to/data bash benchmarks/gpu_checks.sh [LOG_DIR] [BUDGET_SECONDS]
 #
-# LOG_DIR (default runs/gpu-checks/logs) gets one log per step, six small files; the seeds' runs, checkpoints and
-# summaries, go to runs/gpu-checks/. Every step is cut off where the budget (default 540 s) runs out, a step that
+# LOG_DIR (default runs/gpu-checks/logs) gets one log per step, six small files, and each seeds step's figure; the
+# seeds' runs, checkpoints and summaries, go to runs/gpu-checks/. Every step is cut off where the budget (default 540 s) runs out, a step that
 # fails does not stop the others, and the tables are printed again at the end so that the last screenful holds every
 # result. Run from the repository root.
 set -u
@@ -55,5 +55,6 @@ grep -h -E "^\||first training step" "$log_dir/2-bench.log"
 for name in compile b1024 default; do
     summary=$runs/$name/summary.md
     [ -f "$summary" ] && { echo "--- seeds, $name"; grep -v "^(train.py wall s" "$summary"; }
+    [ -f "$runs/$name/seeds.png" ] && cp "$runs/$name/seeds.png" "$log_dir/seeds-$name.png"
 done
 exit 0

@@ -8,6 +8,7 @@ epoch, never used to choose best.pt, which is chosen on validation), then `pytho
 summary (Markdown, printed and written to OUT/summary.md) gives per seed the wall clock of the whole train.py
 command, its training seconds, the chosen epoch, validation and test accuracy, and the training seconds until the
 test accuracy first reached --target; then min/mean/max over seeds and the mean test accuracy after each epoch.
+OUT/seeds.png draws each seed's test error after every epoch, against epochs and against training seconds.
 
 Run the same command again after Ctrl-C (or a crash) and it goes on where it stopped: finished seeds are not
 trained again, and an interrupted one continues with `train.py --resume`. More seeds into the same --out-dir
@@ -16,6 +17,7 @@ reuse the finished ones too. A seed folder that holds a run of other train.py fl
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import signal
 import statistics
@@ -26,7 +28,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from utils import ArgumentParser, UserError, atomic_write, check_writable_dir, random_seed, run_cli, write_json  # noqa: E402
+from utils import (ArgumentParser, UserError, atomic_write, check_writable_dir, pyplot, random_seed, run_cli,  # noqa: E402
+                   save_figure, write_json)
 
 OWN_FLAGS = ("--seed", "--out-dir", "--test-each-epoch")  # set per seed by this script
 RUN_RECORD = "seeds_run.json"  # in each seed's folder: its train.py flags, whether training finished, and how long it took
@@ -101,15 +104,20 @@ def percent(fraction: float) -> str:
     return f"{100 * fraction:.2f}%"
 
 
+def read_run(run_dir: Path) -> tuple[list[dict], dict]:
+    """A finished run's metrics.csv rows (train.py --test-each-epoch) and test_report.json (test.py)."""
+    with open(run_dir / "metrics.csv", newline="") as f:
+        history = list(csv.DictReader(f))
+    return history, json.loads((run_dir / "test_report.json").read_text())
+
+
 def summarise(runs: dict[int, Path], wall_seconds: dict[int, float | None], target: float) -> str:
     """The Markdown summary of finished runs: {seed: run folder with metrics.csv and test_report.json}."""
     lines = [f"| seed | train.py wall s | training s | chosen epoch | val acc | test acc | training s to {target}% test |",
              "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     tests, per_epoch = [], {}
     for seed, run_dir in runs.items():
-        with open(run_dir / "metrics.csv", newline="") as f:
-            history = list(csv.DictReader(f))
-        report = json.loads((run_dir / "test_report.json").read_text())
+        history, report = read_run(run_dir)
         elapsed, reached = 0.0, "not reached"
         for row in history:
             elapsed += float(row["seconds"])
@@ -134,6 +142,35 @@ def summarise(runs: dict[int, Path], wall_seconds: dict[int, float | None], targ
     return "\n".join(lines) + "\n"
 
 
+def plot_seeds(path: Path, runs: dict[int, Path], target: float) -> None:
+    """Each seed's test error after every epoch, against epochs and against training seconds, the epoch of its best.pt
+    starred. A log scale, so that 0.3% and 3% are both readable; the target is the dashed line."""
+    from matplotlib import ticker
+
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    for seed, run_dir in runs.items():
+        history, report = read_run(run_dir)
+        errors = [100 * (1 - float(row["test_acc"])) for row in history]
+        chosen = report["epoch"] - 1
+        for ax, x in zip(axes, ([int(row["epoch"]) for row in history],
+                                list(itertools.accumulate(float(row["seconds"]) for row in history)))):
+            line, = ax.plot(x, errors, "o-", markersize=3, label=f"seed {seed}: {100 * report['accuracy']:.2f}%")
+            ax.plot(x[chosen], errors[chosen], "*", markersize=12, color=line.get_color())
+    for ax, xlabel in zip(axes, ("epoch", "training seconds (validation passes included)")):
+        ax.axhline(100 - target, color="black", linestyle="--", linewidth=1, label=f"{target}% accuracy")
+        ax.set(xlabel=xlabel, yscale="log")
+        ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda value, _: f"{value:g}"))  # 0.3, not 3x10^-1
+        ax.yaxis.set_minor_formatter(ticker.FuncFormatter(lambda value, _: f"{value:g}"))
+        ax.grid(alpha=0.3, which="both")
+    axes[0].xaxis.get_major_locator().set_params(integer=True)
+    axes[0].set(ylabel="test error (%)")
+    axes[0].legend(title="seed: test accuracy of best.pt")
+    fig.suptitle("Test error after each epoch; * the epoch of best.pt, chosen on validation")
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     out_dir = Path(args.out_dir)
@@ -143,7 +180,8 @@ def main(argv: list[str] | None = None) -> None:
     summary = summarise(runs, wall_seconds, args.target)
     with atomic_write(out_dir / "summary.md") as tmp:
         tmp.write_text(f"train.py flags: {' '.join(args.train_args) or '(defaults)'}\n\n{summary}")
-    print(f"\n{summary}\nwrote {out_dir / 'summary.md'}")
+    plot_seeds(out_dir / "seeds.png", runs, args.target)
+    print(f"\n{summary}\nwrote {out_dir / 'summary.md'} and {out_dir / 'seeds.png'}")
 
 
 if __name__ == "__main__":

@@ -9,8 +9,10 @@ import signal
 import subprocess
 import sys
 
+import pytest
 import torch
 
+from benchmarks import seeds
 from benchmarks.seeds import summarise
 from conftest import ROOT, run_script
 
@@ -39,6 +41,26 @@ def test_summary_of_two_seeds(tmp_path):
     assert "| 2 | 99.48% | 99.40% | 99.56% | 6.2 |" in text  # epoch 2: accs 99.56/99.40, cumulative seconds 4.5/8.0
 
 
+def test_the_figure_draws_each_seeds_test_error_and_stars_its_chosen_epoch(tmp_path, monkeypatch):
+    runs = {
+        0: fake_run(tmp_path / "a", [0.990, 0.9956, 0.9970], [2.0, 2.5, 3.0], [0.98, 0.99, 0.995], 3, 0.9970),
+        7: fake_run(tmp_path / "b", [0.985, 0.9940, 0.9930], [4.0, 4.0, 4.0], [0.97, 0.992, 0.991], 2, 0.9940),
+    }
+    drawn = {}
+    monkeypatch.setattr(seeds, "save_figure", lambda fig, path: drawn.update(fig=fig, path=path))
+    seeds.plot_seeds(tmp_path / "seeds.png", runs, target=99.5)
+    by_epoch, by_seconds = drawn["fig"].axes
+    assert drawn["path"] == tmp_path / "seeds.png"
+    for ax, x_of_seed in ((by_epoch, {0: [1, 2, 3], 7: [1, 2, 3]}), (by_seconds, {0: [2.0, 4.5, 7.5], 7: [4.0, 8.0, 12.0]})):
+        curve_0, star_0, curve_7, star_7, target = ax.get_lines()
+        assert list(curve_0.get_xdata()) == x_of_seed[0] and list(curve_7.get_xdata()) == x_of_seed[7]
+        assert list(curve_0.get_ydata()) == pytest.approx([1.0, 0.44, 0.30]) and list(curve_7.get_ydata()) == pytest.approx([1.5, 0.6, 0.7])
+        assert (list(star_0.get_xdata()), list(star_0.get_ydata())) == ([x_of_seed[0][2]], pytest.approx([0.30]))  # epoch 3
+        assert (list(star_7.get_xdata()), list(star_7.get_ydata())) == ([x_of_seed[7][1]], pytest.approx([0.6]))  # epoch 2
+        assert list(target.get_ydata()) == pytest.approx([0.5, 0.5])
+    assert [t.get_text() for t in by_epoch.get_legend().get_texts()] == ["seed 0: 99.70%", "seed 7: 99.40%", "99.5% accuracy"]
+
+
 def test_flags_it_sets_itself_are_refused_after_the_separator():
     result = run_script("benchmarks/seeds.py", "--", "--epochs", "1", "--seed=3")
     assert result.returncode == 2 and result.stderr.startswith("error: --seed=3 after -- is set by this script"), result.stderr
@@ -60,6 +82,7 @@ def test_one_seed_end_to_end(tmp_path, mnist_dir):
     assert row, summary
     assert float(row.group(3)) == round(100 * test_acc, 2)
     assert float(row.group(1)) > float(row.group(2)) > 0  # the whole command includes start-up and data loading
+    assert (tmp_path / "seeds.png").read_bytes().startswith(b"\x89PNG") and f"and {tmp_path / 'seeds.png'}" in result.stdout
 
     # The same command again finds the seed done: nothing is trained or tested again, the summary is the same.
     trained_at = (run / "best.pt").stat().st_mtime
