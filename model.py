@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import logging
 import pickle
 import re
 import warnings
@@ -157,6 +158,8 @@ def compile_training_step(model: nn.Module) -> nn.Module:
     Static shapes: the full batches and an epoch's shorter last one each get their own kernels, compiled at their first
     step; inductor's on-disk cache serves later runs. Parameters and buffers stay `model`'s own.
     """
+    if not torch.cuda.is_available():  # inductor's C++ build would warn "No CUDA runtime is found", of no concern here
+        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     return torch.compile(model, mode="reduce-overhead", dynamic=False)
 
 
