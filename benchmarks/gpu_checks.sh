@@ -5,9 +5,9 @@
 #     MNIST_DATA_DIR=/path/to/data bash benchmarks/gpu_checks.sh [LOG_DIR] [BUDGET_SECONDS]
 #
 # LOG_DIR (default runs/gpu-checks/logs) gets one log per step, six small files, and each seeds step's figure; the
-# seeds' runs, checkpoints and summaries, go to runs/gpu-checks/. Every step is cut off where the budget (default 540 s) runs out, a step that
-# fails does not stop the others, and the tables are printed again at the end so that the last screenful holds every
-# result. Run from the repository root.
+# seeds' runs, checkpoints and summaries, go to runs/gpu-checks/. Every step is cut off where the budget (default
+# 540 s) runs out, a step that fails does not stop the others, and the tables are printed again at the end so that
+# the last screenful holds every result. Run from the repository root.
 set -u
 log_dir=${1:-runs/gpu-checks/logs}
 budget=${2:-540}
