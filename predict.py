@@ -140,6 +140,11 @@ def plot_user_images(path: str, originals: list[torch.Tensor], inputs: torch.Ten
         show_window(plt, path)
 
 
+def tell(args, line: str) -> None:
+    """A line for the reader: on stdout, or on stderr with --json, whose stdout holds the JSON alone."""
+    print(line, file=sys.stderr if args.json else sys.stdout)
+
+
 def predict_images(model: torch.nn.Module, args) -> None:
     """Classify the user's image files; a file that fails is reported and skipped, and the exit code says so."""
     files = data.find_images(args.images)
@@ -169,7 +174,7 @@ def predict_images(model: torch.nn.Module, args) -> None:
                 top3 = ", ".join(f"{t['digit']} {100 * t['probability']:.1f}%" for t in r["top3"])
                 print(f"{r['path']}: {r['prediction']} ({100 * r['confidence']:.1f}%)  top-3: {top3}")
         plot_user_images(args.out, originals, inputs, probabilities, names, args.show)
-        print(f"figure saved to {args.out}{first_drawn(len(names), USER_IMAGES_DRAWN)}", file=sys.stderr if args.json else sys.stdout)
+        tell(args, f"figure saved to {args.out}{first_drawn(len(names), USER_IMAGES_DRAWN)}")
     if failed:
         raise UserError(f"{failed} of {len(files)} files could not be classified", exit_code=1)
 
@@ -185,9 +190,8 @@ def show_errors(model: torch.nn.Module, args, device: torch.device) -> None:
     confidence, predicted = probabilities.max(1)
     mistakes = (predicted != labels).nonzero().flatten()
     shown = mistakes[confidence[mistakes].argsort(descending=True, stable=True)][: args.num]
-    messages = sys.stderr if args.json else sys.stdout
-    print(f"{len(mistakes)} of {len(labels):,} test digits predicted wrongly ({100 * (1 - len(mistakes) / len(labels)):.2f}% right)"
-          + (f"; the {len(shown)} most confident:" if len(shown) < len(mistakes) else ""), file=messages)
+    tell(args, f"{len(mistakes)} of {len(labels):,} test digits predicted wrongly ({100 * (1 - len(mistakes) / len(labels)):.2f}% right)"
+         + (f"; the {len(shown)} most confident:" if len(shown) < len(mistakes) else ""))
     if args.json:
         print(json.dumps(records_of_test_digits(shown, labels[shown], probabilities[shown]), indent=2))
     else:
@@ -197,7 +201,7 @@ def show_errors(model: torch.nn.Module, args, device: torch.device) -> None:
         which = f"the {len(shown)} most confident of the model's" if len(shown) < len(mistakes) else "the model's"
         plot_grid(args.out, images[shown.to(device)].cpu(), probabilities[shown], labels[shown], args.show,
                   heading=f"{which} {len(mistakes)} mistakes on the MNIST test set, most confident first: predicted (confidence)")
-        print(f"figure saved to {args.out}{first_drawn(len(shown))}", file=messages)
+        tell(args, f"figure saved to {args.out}{first_drawn(len(shown))}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -224,8 +228,7 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(records_of_test_digits(pick, labels[pick], probabilities), indent=2))
     plot_grid(args.out, images[pick], probabilities, labels[pick], args.show)
     wrong = int((probabilities.argmax(1) != labels[pick]).sum())
-    print(f"{args.num} test digits, {args.num - wrong} predicted correctly; figure saved to {args.out}{first_drawn(args.num)}",
-          file=sys.stderr if args.json else sys.stdout)
+    tell(args, f"{args.num} test digits, {args.num - wrong} predicted correctly; figure saved to {args.out}{first_drawn(args.num)}")
 
 
 if __name__ == "__main__":

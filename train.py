@@ -24,9 +24,9 @@ import torch.nn.functional as F
 import data
 from model import (EVAL_BATCH_SIZE, ResNet18, compile_training_step, evaluate_split, graph_training_step, load_checkpoint,
                    save_checkpoint, to_device, unwrap)
-from utils import (ArgumentParser, UserError, atomic_write, autocast, bf16_supported, check_writable_dir, float_between,
-                   keep_freed_memory, non_negative_int, pick_device, positive_float, positive_int, progress, pyplot, random_seed,
-                   run_cli, save_figure, synchronize)
+from utils import (ArgumentParser, UserError, all_or_none, atomic_write, autocast, bf16_supported, check_writable_dir,
+                   float_between, keep_freed_memory, non_negative_int, pick_device, positive_float, positive_int, progress, pyplot,
+                   random_seed, run_cli, save_figure, synchronize)
 
 METRICS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc", "lr", "seconds"]
 # Flags that describe where and how to run rather than what to train: --resume keeps these from the command line.
@@ -399,14 +399,17 @@ def main(argv: list[str] | None = None) -> torch.nn.Module | None:
             # With no validation split there is nothing to choose on: best.pt is simply the latest epoch. Ties go to the
             # later epoch: 5,000 images resolve 0.02%, so late epochs often tie, and the later one has trained longer.
             improved = row["val_acc"] == "" or row["val_acc"] >= best_val_acc
-            with resume_hint(args, has_own_last_pt):
+            if improved:
+                best_val_acc = row["val_acc"] if row["val_acc"] != "" else best_val_acc
+            # All or none: a refused write (a full disk) must not leave this epoch's best.pt beside the last.pt and
+            # metrics.csv of an earlier epoch, or, on a run's first save, of the earlier run it is replacing.
+            with resume_hint(args, has_own_last_pt), all_or_none() as stage:
                 if improved:
-                    best_val_acc = row["val_acc"] if row["val_acc"] != "" else best_val_acc
-                    save_checkpoint(out_dir / "best.pt", model, epoch=epoch + 1, metrics=row, args=vars(args))
-                save_checkpoint(out_dir / "last.pt", model, **state(epoch + 1, 0, None))
-                has_own_last_pt = True
-                write_metrics_csv(out_dir / "metrics.csv", history)
-                plot_curves(out_dir / "curves.png", history)
+                    save_checkpoint(stage(out_dir / "best.pt"), model, epoch=epoch + 1, metrics=row, args=vars(args))
+                save_checkpoint(stage(out_dir / "last.pt"), model, **state(epoch + 1, 0, None))
+                write_metrics_csv(stage(out_dir / "metrics.csv"), history)
+                plot_curves(stage(out_dir / "curves.png"), history)
+            has_own_last_pt = True
             if len(history) == 1:  # this run's first save (its first epoch always improves on best_val_acc = -1)
                 remove_earlier_outputs(out_dir, just_written=("best.pt", "metrics.csv", "curves.png"))
             val_text = f"val loss {row['val_loss']:.4f} acc {100 * row['val_acc']:.2f}%{' *' if improved else ''}" if row["val_acc"] != "" else "no validation"

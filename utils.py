@@ -184,14 +184,21 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+_staged: set[Path] = set()  # temporary files that atomic_write blocks still open will rename into place
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it over `path` only if the block succeeds.
 
     Readers never see a half-written file: a crash, a full disk or a second Ctrl-C leaves the old file intact. A write
     the system refuses (a full disk or quota, a folder removed meanwhile) is a UserError naming the file, exit code 1.
+    Given a path an open block yielded (save_checkpoint into a file of all_or_none), it yields that path itself.
     """
     path = Path(path)
+    if path in _staged:
+        yield path
+        return
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         # Keep the real suffix last so tools that infer the format from the name (matplotlib) still work.
@@ -203,6 +210,7 @@ def atomic_write(path: str | Path) -> Iterator[Path]:
     except OSError as error:
         raise write_failed(path, error) from None
     tmp = Path(tmp_name)
+    _staged.add(tmp)
     try:
         yield tmp
         os.replace(tmp, path)
@@ -211,6 +219,19 @@ def atomic_write(path: str | Path) -> Iterator[Path]:
         if isinstance(error, OSError):
             raise write_failed(path, error) from None
         raise
+    finally:
+        _staged.discard(tmp)
+
+
+@contextlib.contextmanager
+def all_or_none() -> Iterator[Callable[[str | Path], Path]]:
+    """Write several files as one: `stage(path)` gives the temporary path to write `path` to, and each is renamed into
+    place only once the whole block has succeeded. A write that fails, or an interruption, leaves every file as it was.
+
+    Write each file right after staging it, so that a failure is reported under that file's name.
+    """
+    with contextlib.ExitStack() as stack:
+        yield lambda path: stack.enter_context(atomic_write(path))
 
 
 def write_failed(path: Path, error: OSError) -> UserError:

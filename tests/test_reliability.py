@@ -179,7 +179,8 @@ def test_a_save_the_system_refuses_is_one_line_and_the_run_goes_on_from_its_last
     assert fresh.returncode == 1, fresh.stderr
     # No last.pt of this run to go on from, so no command to do it.
     assert fresh.stderr == f"error: could not write {tmp_path / 'last.pt'}: File too large\n"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt"]  # no temporary file left behind
+    # An epoch's files land together or not at all (best.pt had been written), and no temporary file is left behind.
+    assert list(tmp_path.iterdir()) == []
 
     process = start_training(tmp_path, mnist_dir, "--overwrite")
     wait_for_line(process, "epoch   1/2")  # printed after last.pt of epoch 1 is on disk
@@ -200,6 +201,19 @@ def test_a_save_the_system_refuses_is_one_line_and_the_run_goes_on_from_its_last
     assert_same_weights(straight_run / "last.pt", tmp_path / "last.pt")
     assert_same_weights(straight_run / "best.pt", tmp_path / "best.pt")
     assert metric_rows(straight_run) == metric_rows(tmp_path)
+
+
+def test_an_overwrite_whose_first_save_is_refused_leaves_the_earlier_run_whole(straight_run, mnist_dir, tmp_path):
+    copy_an_earlier_run_with_its_reports(straight_run, tmp_path)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    result = subprocess.run([sys.executable, str(ROOT / "train.py"), *TINY, "--overwrite", "--out-dir", str(tmp_path),
+                             "--data-dir", str(mnist_dir)], cwd=ROOT, capture_output=True, text=True,
+                            preexec_fn=limit_file_size(60))  # best.pt fits, last.pt does not
+    assert result.returncode == 1, result.stderr
+    assert result.stderr == f"error: could not write {tmp_path / 'last.pt'}: File too large (the earlier last.pt is kept whole)\n"
+    # Not this run's best.pt beside the earlier run's last.pt, metrics.csv and reports: the earlier run, all of it.
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(before)
+    assert [name for name, content in before.items() if (tmp_path / name).read_bytes() != content] == []
 
 
 class WritesMarker:
