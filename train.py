@@ -223,6 +223,16 @@ def plot_curves(path: Path, history: list[dict]) -> None:
     save_figure(fig, path)
 
 
+def duration(seconds: float) -> str:
+    """A rough human duration: '40 s', '12 min', '1 h 5 min'."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{round(seconds / 60)} min"
+    hours, minutes = divmod(round(seconds / 60), 60)
+    return f"{hours} h {minutes} min" if minutes else f"{hours} h"
+
+
 def remove_earlier_outputs(out_dir: Path, just_written: tuple[str, ...] = ()) -> None:
     """Called right after a run's first save, so a new run (an --overwrite one, or one into a folder that held only
     reports) leaves no earlier weights or reports beside its own for test.py or a reader to take for this run's;
@@ -415,8 +425,12 @@ def main(argv: list[str] | None = None) -> torch.nn.Module | None:
             val_text = f"val loss {row['val_loss']:.4f} acc {100 * row['val_acc']:.2f}%{' *' if improved else ''}" if row["val_acc"] != "" else "no validation"
             if row["test_acc"] != "":
                 val_text += f"  test acc {100 * row['test_acc']:.2f}%"
+            epochs_left = args.epochs - (epoch + 1)
+            # In a log, where no progress bar is drawn, this line is all there is to go by (a CPU epoch takes minutes).
+            # Timed by the latest epoch: the first one's also holds warm-up (compiling, with --compile).
+            to_go = f", about {duration(epochs_left * row['seconds'])} to go" if epochs_left else ""
             print(f"epoch {epoch + 1:>3}/{args.epochs}  train loss {row['train_loss']:.4f} acc {100 * row['train_acc']:.2f}%  "
-                  f"{val_text}  lr {row['lr']:.4f}  {row['seconds']:.1f}s", flush=True)
+                  f"{val_text}  lr {row['lr']:.4f}  {row['seconds']:.1f}s{to_go}", flush=True)
         if stop["signal"] is not None:  # arrived during validation: the epoch is complete and saved
             signum = stop["signal"]
             if is_main:

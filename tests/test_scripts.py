@@ -143,7 +143,12 @@ def test_train_learns_and_writes_checkpoints_metrics_and_curves(trained, mnist_d
     best = torch.load(trained / "best.pt", weights_only=True)
     assert best["metrics"]["val_acc"] == max(float(r["val_acc"]) for r in rows)
     stdout = (trained / "train_stdout.txt").read_text()
-    assert len(re.findall(r"^epoch +\d+/2 ", stdout, re.M)) == 2
+    epoch_lines = re.findall(r"^epoch +\d+/2 .*$", stdout, re.M)
+    assert len(epoch_lines) == 2
+    # In a log, where no progress bar is drawn, the epoch line says how long the rest will take: one more such epoch.
+    seconds, to_go = re.search(r" ([\d.]+)s, about (\d+ s|\d+ min) to go$", epoch_lines[0]).groups()
+    assert abs(int(to_go.split()[0]) * (60 if to_go.endswith("min") else 1) - float(seconds)) <= 30, epoch_lines[0]
+    assert "to go" not in epoch_lines[1]
     # The command it suggests next tests these weights, not checkpoints/best.pt, and reads MNIST where training did.
     suggested = shlex.split(re.search(r"Next: (.+)$", stdout, re.M).group(1))
     assert suggested == ["python", "test.py", "--weights", str(trained / "best.pt"), "--data-dir", str(mnist_dir)]
