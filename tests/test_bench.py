@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+from pathlib import Path
 
 import pytest
 import torch
@@ -59,15 +60,22 @@ def test_the_flop_counts_behind_the_ceiling_column_are_the_models():
     assert training.get_total_flops() / 2e9 == pytest.approx(TRAIN_GFLOP, rel=0.01)
 
 
-def test_gpu_checks_runs_each_step_within_its_budget_and_logs_it(tmp_path):
-    """The script's own plumbing, with a stand-in interpreter that only says what it was asked to run."""
+def run_gpu_checks(tmp_path, budget: int) -> tuple[subprocess.CompletedProcess, Path]:
+    """gpu_checks.sh's own plumbing, with a stand-in interpreter that only says what it was asked to run (bench.py
+    taking 3 s); returns the result and LOG_DIR. The runs go to tmp_path/runs."""
     stand_in = tmp_path / "python"
     stand_in.write_text('#!/bin/sh\necho "ran: $*"\n[ "$1" = benchmarks/bench.py ] && sleep 3\nexit 0\n')
     stand_in.chmod(0o755)
     logs = tmp_path / "logs"
-    result = subprocess.run(["bash", "benchmarks/gpu_checks.sh", str(logs), "12"], cwd=ROOT, capture_output=True, text=True,
-                            env={"PATH": "/usr/bin:/bin", "PYTHON": str(stand_in), "HOME": str(tmp_path)}, timeout=60)
+    runs = tmp_path / "runs"  # not the repository's runs/, where a real run's logs may be
+    result = subprocess.run(["bash", "benchmarks/gpu_checks.sh", str(logs), str(budget), str(runs)], cwd=ROOT, capture_output=True,
+                            text=True, env={"PATH": "/usr/bin:/bin", "PYTHON": str(stand_in), "HOME": str(tmp_path)}, timeout=60)
     assert result.returncode == 0, result.stderr
+    return result, logs
+
+
+def test_gpu_checks_runs_each_step_within_its_budget_and_logs_it(tmp_path):
+    result, logs = run_gpu_checks(tmp_path, budget=12)
     assert sorted(p.name for p in logs.iterdir()) == ["0-machine.log", "1-graphed-step.log", "2-bench.log", "3-seeds-compile.log",
                                                      "4-seeds-batch-1024.log", "5-seeds-default.log"]
     assert "ran: -m pytest -q -p no:cacheprovider tests/test_model.py" in (logs / "1-graphed-step.log").read_text()
@@ -77,3 +85,13 @@ def test_gpu_checks_runs_each_step_within_its_budget_and_logs_it(tmp_path):
         assert (logs / f"{name}.log").read_text() == f"=== {name}: skipped, the budget is spent\n"
     results = result.stdout.split("=== results\n")[1]  # printed again at the end, where the last screenful shows them
     assert results.startswith((logs / "0-machine.log").read_text()) and "--- 2-bench" in results, result.stdout
+
+
+def test_gpu_checks_trains_the_batch_1024_seeds_side_by_side_then_gathers_them(tmp_path):
+    _, logs = run_gpu_checks(tmp_path, budget=40)
+    runs = tmp_path / "runs"
+    for seed in (0, 1, 2):
+        assert (logs / f"parallel-seed{seed}.log").read_text() == \
+            f"ran: benchmarks/seeds.py --seeds {seed} --out-dir {runs}/b1024 -- --batch-size 1024\n"
+    assert f"ran: benchmarks/seeds.py --out-dir {runs}/b1024 -- --batch-size 1024\n" in (logs / "4-seeds-batch-1024.log").read_text()
+    assert f"ran: benchmarks/seeds.py --out-dir {runs}/default\n" in (logs / "5-seeds-default.log").read_text()
