@@ -16,8 +16,8 @@ import torch.nn.functional as F
 
 import data
 from model import EVAL_BATCH_SIZE, evaluate, evaluate_split, load_model, quantize_int8
-from utils import (ArgumentParser, UserError, bf16_supported, check_writable_dir, keep_freed_memory, pick_device, positive_int,
-                   progress, pyplot, random_seed, run_cli, save_figure, synchronize, write_json)
+from utils import (ArgumentParser, UserError, all_or_none, bf16_supported, check_writable_dir, keep_freed_memory, pick_device,
+                   positive_int, progress, pyplot, random_seed, run_cli, save_figure, synchronize, write_json)
 
 CALIBRATION_IMAGES = 256  # training images whose activation ranges set the int8 scales (1,000 or 5,000: no better)
 
@@ -111,8 +111,9 @@ def robustness_report(model, images, labels, args, out_dir: Path) -> dict:
         bar.write(f"{name:<16} {cells}", file=sys.stdout)
         sys.stdout.flush()  # rows show as they come in a log too
     bar.close()
-    write_json(out_dir / "robustness.json", results)
-    plot_robustness(out_dir / "robustness.png", results)
+    with all_or_none() as stage:
+        write_json(stage(out_dir / "robustness.json"), results)
+        plot_robustness(stage(out_dir / "robustness.png"), results)
     print(f"wrote {out_dir / 'robustness.json'} and {out_dir / 'robustness.png'}")
     return results
 
@@ -215,8 +216,9 @@ def main(argv: list[str] | None = None) -> None:
         "errors": errors, "count": result["count"], "device": str(device), "precision": precision, "seconds": seconds,
         "per_class": classes, "confusion_matrix": confusion.tolist(),
     }
-    write_json(out_dir / "test_report.json", report)
-    plot_confusion(out_dir / "confusion_matrix.png", confusion, result["accuracy"])
+    with all_or_none() as stage:  # never a new report beside the confusion matrix of other weights
+        write_json(stage(out_dir / "test_report.json"), report)
+        plot_confusion(stage(out_dir / "confusion_matrix.png"), confusion, result["accuracy"])
     print(f"\nwrote {out_dir / 'test_report.json'} and {out_dir / 'confusion_matrix.png'}")
     if args.robustness:
         robustness_report(model, images, labels, args, out_dir)

@@ -28,7 +28,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from utils import (ArgumentParser, UserError, atomic_write, check_writable_dir, pyplot, random_seed, run_cli,  # noqa: E402
+from utils import (ArgumentParser, UserError, all_or_none, check_writable_dir, pyplot, random_seed, run_cli,  # noqa: E402
                    save_figure, write_json)
 
 OWN_FLAGS = ("--seed", "--out-dir", "--test-each-epoch")  # set per seed by this script
@@ -178,9 +178,9 @@ def main(argv: list[str] | None = None) -> None:
     runs = {seed: out_dir / f"seed{seed}" for seed in args.seeds}
     wall_seconds = {seed: run_seed(seed, run_dir, args) for seed, run_dir in runs.items()}
     summary = summarise(runs, wall_seconds, args.target)
-    with atomic_write(out_dir / "summary.md") as tmp:
-        tmp.write_text(f"train.py flags: {' '.join(args.train_args) or '(defaults)'}\n\n{summary}")
-    plot_seeds(out_dir / "seeds.png", runs, args.target)
+    with all_or_none() as stage:
+        stage(out_dir / "summary.md").write_text(f"train.py flags: {' '.join(args.train_args) or '(defaults)'}\n\n{summary}")
+        plot_seeds(stage(out_dir / "seeds.png"), runs, args.target)
     print(f"\n{summary}\nwrote {out_dir / 'summary.md'} and {out_dir / 'seeds.png'}")
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import errno
+import json
 import os
 import shlex
 import signal
@@ -17,7 +18,7 @@ import torch
 import model as model_module
 from conftest import ROOT, run_script
 from model import ResNet18, load_checkpoint, save_checkpoint
-from utils import UserError
+from utils import UserError, all_or_none, write_json
 
 # Tiny and deterministic: 16 steps per epoch, a few seconds each on 2 CPU cores.
 TINY = ["--epochs", "2", "--subset", "512", "--val-size", "256", "--batch-size", "32", "--lr", "0.05", "--deterministic"]
@@ -151,6 +152,23 @@ def test_a_write_that_fails_half_way_leaves_the_previous_checkpoint_loadable(tmp
     assert (tmp_path / "best.pt").read_bytes() == before
     assert load_checkpoint(tmp_path / "best.pt")["epoch"] == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt"]  # no temporary file left behind
+
+
+def test_files_written_all_or_none_land_together_or_not_at_all(tmp_path):
+    (tmp_path / "report.json").write_text("of the earlier weights")
+    with pytest.raises(UserError) as failed, all_or_none() as stage:
+        write_json(stage(tmp_path / "report.json"), {"accuracy": 0.99})
+        with open(stage(tmp_path / "figure.png"), "wb"):  # the disk fills up as the second file is written
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    assert str(failed.value) == f"could not write {tmp_path / 'figure.png'}: No space left on device"  # the file that failed
+    assert (tmp_path / "report.json").read_text() == "of the earlier weights"  # not a new report beside no figure
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.json"]  # no temporary file left behind
+
+    with all_or_none() as stage:
+        write_json(stage(tmp_path / "report.json"), {"accuracy": 0.99})
+        stage(tmp_path / "figure.png").write_bytes(b"figure")
+    assert json.loads((tmp_path / "report.json").read_text()) == {"accuracy": 0.99}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["figure.png", "report.json"]
 
 
 def test_written_files_get_the_permissions_of_any_file_the_user_creates(tmp_path):
