@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 import data
-from model import EVAL_BATCH_SIZE, evaluate_split, load_model
+from model import EVAL_BATCH_SIZE, evaluate_split, fold_batchnorm, load_model
 from utils import (ArgumentParser, UserError, autocast, check_figure_path, pick_device, positive_int, pyplot, random_seed,
                    run_cli, save_figure)
 
@@ -60,10 +60,12 @@ def records_of_test_digits(indices: torch.Tensor, labels: torch.Tensor, probabil
 
 @torch.no_grad()
 def classify(model: torch.nn.Module, images: torch.Tensor, amp: bool) -> torch.Tensor:
-    """Softmax probabilities [N, 10] for 32x32 [0, 1] images [N, 1, 32, 32], in batches of test.py's size."""
+    """Softmax probabilities [N, 10] for 32x32 [0, 1] images [N, 1, 32, 32], in batches of test.py's size, by the
+    batch-norm-folded model test.py evaluates."""
     device = next(model.parameters()).device
+    inference_model = fold_batchnorm(model)
     with autocast(device, amp):
-        logits = torch.cat([model(data.normalize(batch.to(device))).float() for batch in images.split(EVAL_BATCH_SIZE)])
+        logits = torch.cat([inference_model(data.normalize(batch.to(device))).float() for batch in images.split(EVAL_BATCH_SIZE)])
     return logits.softmax(1).cpu()
 
 
