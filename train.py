@@ -24,7 +24,7 @@ import torch.nn.functional as F
 import data
 from model import (EVAL_BATCH_SIZE, ResNet18, compile_training_step, evaluate_split, graph_training_step, load_checkpoint,
                    save_checkpoint, to_device, unwrap)
-from utils import (ArgumentParser, UserError, all_or_none, atomic_write, autocast, bf16_supported, check_writable_dir,
+from utils import (ArgumentParser, UserError, all_or_none, atomic_write, autocast, bf16_supported, check_writable_dir, claim_folder,
                    float_between, keep_freed_memory, non_negative_int, pick_device, positive_float, positive_int, progress, pyplot,
                    random_seed, run_cli, save_figure, synchronize)
 
@@ -280,6 +280,9 @@ def main(argv: list[str] | None = None) -> torch.nn.Module | None:
 
     (train_x, train_y), (val_x, val_y) = data.load_train_val(args.data_dir, args.val_size, args.subset, device)
     test_x, test_y = data.load_test(args.data_dir, device) if args.test_each_epoch else (None, None)
+    if is_main:  # the flags and the data are good: from here on this run writes into OUT_DIR, and no other may
+        claim_folder(out_dir, f"another train.py is writing into {out_dir} right now: let it finish (or stop it), "
+                              "or train into another --out-dir")
     model = to_device(ResNet18(), device, args.channels_last)
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum, nesterov=args.momentum > 0,
                                 weight_decay=args.weight_decay, fused=device.type == "cuda")  # one kernel for all parameters

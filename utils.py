@@ -278,6 +278,36 @@ def check_writable_dir(folder: str | Path, what: str, must_exist: bool = False) 
         raise UserError(f"{what}: cannot write in {existing} (no permission, or a read-only file system)")
 
 
+_claimed: dict[Path, int] = {}  # folder -> the open descriptor whose lock this process holds until it ends
+
+
+def claim_folder(folder: str | Path, refusal: str) -> None:
+    """Refuse to go on (UserError(refusal)) while another process has claimed `folder`, creating it if need be: two
+    runs saving into one folder would mix their files.
+
+    The claim is an advisory lock on the folder itself (flock), so nothing is left behind, and the system drops it
+    whenever the process ends, SIGKILL included. Where there are no such locks (Windows, some network file systems)
+    nothing is checked. A process may claim a folder it holds again.
+    """
+    try:
+        import fcntl
+    except ImportError:
+        return
+    folder = Path(folder).resolve()
+    if folder in _claimed:
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as error:
+        os.close(descriptor)
+        if isinstance(error, BlockingIOError):
+            raise UserError(refusal) from None
+        return
+    _claimed[folder] = descriptor
+
+
 def check_figure_path(path: str | Path, what: str) -> None:
     """Fail before any work is done if a figure could not be saved to `path`: a format matplotlib does not write
     (it goes by the extension), or a folder that is missing or not writable."""

@@ -18,7 +18,7 @@ import torch
 import model as model_module
 from conftest import ROOT, run_script
 from model import ResNet18, load_checkpoint, save_checkpoint
-from utils import UserError, all_or_none, write_json
+from utils import UserError, all_or_none, claim_folder, write_json
 
 # Tiny and deterministic: 16 steps per epoch, a few seconds each on 2 CPU cores.
 TINY = ["--epochs", "2", "--subset", "512", "--val-size", "256", "--batch-size", "32", "--lr", "0.05", "--deterministic"]
@@ -270,6 +270,20 @@ def test_weights_of_another_shape_are_refused_with_one_line(tmp_path):
     save_checkpoint(tmp_path / "w.pt", ResNet18(num_classes=100))
     with pytest.raises(UserError, match="does not hold ResNet-18 weights of this shape"):
         model_module.load_model(tmp_path / "w.pt", torch.device("cpu"))
+
+
+def test_a_second_run_into_the_folder_a_run_is_training_into_is_refused(mnist_dir, tmp_path):
+    first = start_training(tmp_path, mnist_dir, "--epochs", "50")  # still training when the second starts
+    try:
+        wait_for_line(first, "ResNet-18")
+        second = run_script("train.py", *TINY, "--out-dir", str(tmp_path), "--data-dir", str(mnist_dir))
+    finally:
+        first.kill()
+        first.wait()
+    assert second.returncode == 2, second.stderr
+    assert second.stderr == (f"error: another train.py is writing into {tmp_path} right now: let it finish (or stop it), "
+                             "or train into another --out-dir\n")
+    claim_folder(tmp_path, "still claimed")  # the claim went with the killed process: nothing stale is left to clear
 
 
 def test_a_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(straight_run, mnist_dir, tmp_path):
