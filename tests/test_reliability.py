@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import time
-from typing import Callable
 
 import pytest
 import torch
@@ -182,18 +181,19 @@ def test_written_files_get_the_permissions_of_any_file_the_user_creates(tmp_path
         assert (tmp_path / "best.pt").stat().st_mode & 0o777 == mode
 
 
-def limit_file_size(megabytes: int) -> Callable[[], None]:
-    """For subprocess's preexec_fn: the system refuses to grow any file past the size (EFBIG; CPython ignores the
-    SIGXFSZ that comes with it), as a full disk would refuse, for checkpoints larger than that and not smaller."""
+def train_where_files_stop_at(megabytes: int, *arguments: str) -> subprocess.CompletedProcess:
+    """train.py with these arguments, where the system refuses to grow any file past the size (EFBIG; CPython ignores
+    the SIGXFSZ that comes with it), as a full disk would refuse, for checkpoints larger than that and not smaller."""
     import resource  # Unix only
 
-    return lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (megabytes * 2**20, megabytes * 2**20))
+    limit = megabytes * 2**20
+    return subprocess.run([sys.executable, str(ROOT / "train.py"), *arguments], cwd=ROOT, capture_output=True, text=True,
+                          preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)))
 
 
 def test_a_save_the_system_refuses_is_one_line_and_the_run_goes_on_from_its_last_good_checkpoint(straight_run, mnist_dir, tmp_path):
     # best.pt (45 MB, the weights) fits under the limit, last.pt (89 MB, with the optimizer's momentum) does not.
-    command = [sys.executable, str(ROOT / "train.py"), *TINY, "--out-dir", str(tmp_path), "--data-dir", str(mnist_dir)]
-    fresh = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, preexec_fn=limit_file_size(60))
+    fresh = train_where_files_stop_at(60, *TINY, "--out-dir", str(tmp_path), "--data-dir", str(mnist_dir))
     assert fresh.returncode == 1, fresh.stderr
     # No last.pt of this run to go on from, so no command to do it.
     assert fresh.stderr == f"error: could not write {tmp_path / 'last.pt'}: File too large\n"
@@ -205,8 +205,7 @@ def test_a_save_the_system_refuses_is_one_line_and_the_run_goes_on_from_its_last
     process.kill()
     process.wait()
     epoch_1 = (tmp_path / "last.pt").read_bytes()
-    resumed = subprocess.run([*command[:2], "--resume", *command[-4:]], cwd=ROOT, capture_output=True, text=True,
-                             preexec_fn=limit_file_size(60))
+    resumed = train_where_files_stop_at(60, "--resume", "--out-dir", str(tmp_path), "--data-dir", str(mnist_dir))
     assert resumed.returncode == 1, resumed.stderr
     assert resumed.stderr == (f"error: could not write {tmp_path / 'last.pt'}: File too large (the earlier last.pt is kept whole); "
                               f"the run can go on from {tmp_path / 'last.pt'} with: "
@@ -224,9 +223,8 @@ def test_a_save_the_system_refuses_is_one_line_and_the_run_goes_on_from_its_last
 def test_an_overwrite_whose_first_save_is_refused_leaves_the_earlier_run_whole(straight_run, mnist_dir, tmp_path):
     copy_an_earlier_run_with_its_reports(straight_run, tmp_path)
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
-    result = subprocess.run([sys.executable, str(ROOT / "train.py"), *TINY, "--overwrite", "--out-dir", str(tmp_path),
-                             "--data-dir", str(mnist_dir)], cwd=ROOT, capture_output=True, text=True,
-                            preexec_fn=limit_file_size(60))  # best.pt fits, last.pt does not
+    # best.pt fits under the limit, last.pt does not.
+    result = train_where_files_stop_at(60, *TINY, "--overwrite", "--out-dir", str(tmp_path), "--data-dir", str(mnist_dir))
     assert result.returncode == 1, result.stderr
     assert result.stderr == f"error: could not write {tmp_path / 'last.pt'}: File too large (the earlier last.pt is kept whole)\n"
     # Not this run's best.pt beside the earlier run's last.pt, metrics.csv and reports: the earlier run, all of it.
