@@ -6,6 +6,7 @@ so a run can be resumed mid-epoch exactly and every DDP rank can take its share 
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from pathlib import Path
@@ -57,9 +58,13 @@ def _ensure_raw_files(root: Path, train: bool) -> None:
     paths = [raw / name for name in IDX_FILES[train]]
     present = [p for p in paths if p.exists()]
     if not present and not any((raw / name).exists() for names in IDX_FILES.values() for name in names):
+        created = [folder for folder in (raw, *raw.parents) if not folder.exists()]  # innermost first
         try:
             torchvision.datasets.MNIST(root, train=train, download=True)
         except Exception as error:  # offline: URLError, timeouts, HTTP errors, a failed checksum
+            for folder in created:  # the empty folders the attempt made, so a mistyped --data-dir leaves no trace
+                with contextlib.suppress(OSError):  # not empty: a partial download, kept for the user to see
+                    folder.rmdir()
             raise UserError(
                 f"MNIST not found in {raw} and the download failed ({type(error).__name__}). "
                 f"Copy the four raw IDX files (train-images-idx3-ubyte, ...) into {raw}, "

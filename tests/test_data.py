@@ -89,7 +89,8 @@ def test_offline_without_data_names_the_folder_and_the_fix(tmp_path, monkeypatch
         monkeypatch.setenv(variable, "http://127.0.0.1:9")
     monkeypatch.delenv("MNIST_DATA_DIR", raising=False)
     with pytest.raises(UserError) as error:
-        data.load_split(tmp_path / "nowhere", train=True)
+        data.load_split(tmp_path / "nowhere" / "data", train=True)
     message = str(error.value)
-    assert str(tmp_path / "nowhere" / "MNIST" / "raw") in message
+    assert str(tmp_path / "nowhere" / "data" / "MNIST" / "raw") in message
     assert "--data-dir" in message and "MNIST_DATA_DIR" in message
+    assert list(tmp_path.iterdir()) == []  # the folders the failed download made are gone: a typo leaves no trace
