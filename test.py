@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 import data
 from model import EVAL_BATCH_SIZE, evaluate, evaluate_split, load_model, quantize_int8
@@ -67,14 +66,10 @@ def corrupt(x: torch.Tensor, name: str, level: float, generator: torch.Generator
         return (x + level * torch.randn(x.shape, generator=generator).to(x.device)).clamp(0, 1)
     if name == "blur":
         return gaussian_blur(x, kernel_size=[7, 7], sigma=[level, level])
-    if name == "thicken":  # morphological dilation, 3x3, `level` times
-        for _ in range(int(level)):
-            x = F.max_pool2d(x, 3, stride=1, padding=1)
-        return x
-    if name == "thin":  # morphological erosion
-        for _ in range(int(level)):
-            x = -F.max_pool2d(-x, 3, stride=1, padding=1)
-        return x
+    if name == "thicken":
+        return data.thicken(x, int(level))
+    if name == "thin":
+        return data.thin(x, int(level))
     if name == "contrast":
         return x * level
     if name == "inversion":

@@ -48,6 +48,8 @@ def parse_args(argv: list[str] | None = None):
     recipe.add_argument("--warmup", type=float_between(0, 1, high_allowed=False), default=0.2, help="fraction of all steps spent raising the learning rate")
     recipe.add_argument("--label-smoothing", type=float_between(0, 1), default=0.1, help="share of each target spread over all classes")
     recipe.add_argument("--no-augment", dest="augment", action="store_false", help="turn off random rotation/scale/shift")
+    recipe.add_argument("--photometric", action="store_true",
+                        help="also vary stroke width and contrast and add noise (robustness to scans and photos; off by default)")
     recipe.add_argument("--seed", type=random_seed, default=0, help="seed of the initial weights, the batch order and the augmentation (the validation split stays fixed)")
     dataset = parser.add_argument_group("data")
     dataset.add_argument("--data-dir", help="folder containing MNIST/raw (default: $MNIST_DATA_DIR, else ./data; downloaded if missing)")
@@ -350,7 +352,8 @@ def main(argv: list[str] | None = None) -> torch.nn.Module | None:
             started -= partial.get("seconds", 0.0)  # so metrics.csv times the whole epoch, not just its resumed part
         checked = first_step = start_step if epoch == start_epoch else 0
         bar = progress(total=steps_per_epoch, initial=first_step, desc=f"epoch {epoch + 1}/{args.epochs}", unit="step", show=is_main)
-        train_batches = data.batches(train_x, train_y, args.batch_size, shuffle=True, augment=args.augment, seed=args.seed,
+        train_batches = data.batches(train_x, train_y, args.batch_size, shuffle=True, augment=args.augment,
+                                     photometric=args.photometric, seed=args.seed,
                                      epoch=epoch, start_step=first_step, rank=rank, world_size=world_size)
         for step, (x, y) in enumerate(train_batches, start=first_step):
             with autocast(device, amp):

@@ -94,3 +94,27 @@ def test_offline_without_data_names_the_folder_and_the_fix(tmp_path, monkeypatch
     assert str(tmp_path / "nowhere" / "data" / "MNIST" / "raw") in message
     assert "--data-dir" in message and "MNIST_DATA_DIR" in message
     assert list(tmp_path.iterdir()) == []  # the folders the failed download made are gone: a typo leaves no trace
+
+
+def test_photometric_augmentation_varies_ink_on_about_half_the_images_each_way_and_resumes_exactly(mnist_dir):
+    images, labels = data.load_test(mnist_dir, torch.device("cpu"))
+    images, labels = images[:2048], labels[:2048]
+    varied = data.vary_ink(images, torch.Generator().manual_seed(0))
+    assert varied.shape == images.shape and 0 <= varied.min() and varied.max() <= 1
+    noisy = (varied[:, 0, :3, :3] > 0).flatten(1).any(1)  # MNIST's corners are black; only noise lights them
+    dimmer = varied.amax((1, 2, 3)) < 0.9 * images.amax((1, 2, 3))
+    ink_area = lambda x: (x > 0.5).sum((1, 2, 3)).float()  # noqa: E731
+    restroked = (ink_area(varied) - ink_area(images)).abs() > 0.15 * ink_area(images)
+    # Independent coin flips: 1/2 noisy; 1/4 dimmed but not noisy; 1/8 only restroked (a one-pixel change shows in
+    # most of those); 1/8 left as they were.
+    assert 0.42 < noisy.float().mean() < 0.58
+    assert 0.19 < (dimmer & ~noisy).float().mean() < 0.31
+    assert 0.05 < (restroked & ~noisy & ~dimmer).float().mean() < 0.13
+    assert 0.08 < (varied == images).all((1, 2, 3)).float().mean() < 0.18
+
+    def epoch(**kw):
+        return torch.cat([x for x, _ in data.batches(images, labels, 512, shuffle=True, augment=True, photometric=True, seed=1, **kw)])
+
+    assert torch.equal(epoch(epoch=3), epoch(epoch=3))
+    assert torch.equal(epoch(epoch=3, start_step=2), epoch(epoch=3)[1024:])
+    assert not torch.equal(epoch(epoch=3), epoch(epoch=4))

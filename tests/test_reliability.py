@@ -19,8 +19,10 @@ from conftest import ROOT, run_script
 from model import ResNet18, load_checkpoint, save_checkpoint
 from utils import UserError, all_or_none, claim_folder, write_json
 
-# Tiny and deterministic: 16 steps per epoch, a few seconds each on 2 CPU cores.
-TINY = ["--epochs", "2", "--subset", "512", "--val-size", "256", "--batch-size", "32", "--lr", "0.05", "--deterministic"]
+# Tiny and deterministic: 16 steps per epoch, a few seconds each on 2 CPU cores. Every random part is on (shuffle,
+# geometric and photometric augmentation), so the exact-resume tests cover each one's random numbers.
+TINY = ["--epochs", "2", "--subset", "512", "--val-size", "256", "--batch-size", "32", "--lr", "0.05", "--deterministic",
+        "--photometric"]
 
 
 def weights(path) -> dict:
