@@ -202,22 +202,23 @@ def batches(
     The order and the augmentation depend only on (seed, epoch), not on the device or on earlier epochs,
     which is what makes mid-epoch resume exact: start_step skips the batches already trained on.
     Under DDP each rank takes every world_size-th sample of each global batch. `photometric` adds vary_ink, drawn on
-    the device (per-pixel noise for a whole epoch would not fit on the CPU side) from a generator seeded per step: the
-    same (seed, epoch, step) gives the same batch on the same kind of device.
+    the device (per-pixel noise for a whole epoch would not fit on the CPU side) from a generator seeded per step
+    (and rank) from the epoch's: the same (seed, epoch, step) gives the same batch on the same kind of device.
     """
     n = len(images)
     generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
     order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
     theta = random_affines(n, generator).to(images.device) if augment else None
+    bounds = batch_bounds(n, batch_size, world_size)
+    step_seeds = torch.randint(2**62, (len(bounds),), generator=generator).tolist() if photometric else None
     order = order.to(images.device)
-    for step, (start, end) in enumerate(batch_bounds(n, batch_size, world_size)[start_step:], start=start_step):
+    for step, (start, end) in enumerate(bounds[start_step:], start=start_step):
         index = order[start:end][rank::world_size]
         x = images[index]
         if theta is not None:
             x = apply_affines(x, theta[index])
-        if photometric:
-            step_generator = torch.Generator(x.device).manual_seed((seed * 100_003 + epoch) * 1_000_003 + step * 1009 + rank)
-            x = vary_ink(x, step_generator)
+        if step_seeds is not None:
+            x = vary_ink(x, torch.Generator(x.device).manual_seed(step_seeds[step] + rank))
         yield normalize(x), labels[index]
 
 

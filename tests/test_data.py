@@ -118,3 +118,4 @@ def test_photometric_augmentation_varies_ink_on_about_half_the_images_each_way_a
     assert torch.equal(epoch(epoch=3), epoch(epoch=3))
     assert torch.equal(epoch(epoch=3, start_step=2), epoch(epoch=3)[1024:])
     assert not torch.equal(epoch(epoch=3), epoch(epoch=4))
+    assert len(list(data.batches(images, labels, 512, photometric=True, seed=2**32 - 1, epoch=99))) == 4  # --seed's largest
