@@ -53,6 +53,9 @@ step 4-seeds-batch-1024 150 bash -c 'for s in 0 1 2; do
     "$0" benchmarks/seeds.py --out-dir "$1" -- "${@:2}"' "$python" "$runs/b1024" --batch-size 1024
 # 5. The default recipe's accuracy and times on this GPU.
 step 5-seeds-default 200 "$python" benchmarks/seeds.py --out-dir "$runs/default"
+# 6. train.py --photometric on CUDA (its noise comes from a CUDA generator): that it runs, and its second epoch's
+# seconds against the default's (step 5's metrics.csv); its accuracy after 2 epochs says nothing about 10.
+step 6-photometric 60 "$python" train.py --photometric --epochs 2 --test-each-epoch --overwrite --out-dir "$runs/photometric"
 
 echo; echo "=== results"
 cat "$log_dir/0-machine.log"
@@ -66,4 +69,7 @@ for name in compile b1024 default; do
     [ -f "$runs/$name/seeds.png" ] && cp "$runs/$name/seeds.png" "$log_dir/seeds-$name.png"
 done
 cp "$runs"/b1024/parallel-seed*.log "$log_dir"/ 2>/dev/null
+for name in default/seed0 photometric; do
+    [ -f "$runs/$name/metrics.csv" ] && { echo "--- metrics.csv, $name"; cat "$runs/$name/metrics.csv"; }
+done
 exit 0
