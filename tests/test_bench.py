@@ -77,23 +77,23 @@ def run_gpu_checks(tmp_path, budget: int) -> tuple[subprocess.CompletedProcess, 
 def test_gpu_checks_runs_each_step_within_its_budget_and_logs_it(tmp_path):
     result, logs = run_gpu_checks(tmp_path, budget=12)
     assert sorted(p.name for p in logs.iterdir()) == ["0-machine.log", "1-graphed-step.log", "2-bench.log", "3-seeds-compile.log",
-                                                     "4-seeds-batch-1024.log", "5-seeds-default.log", "6-photometric.log"]
+                                                     "4-seeds-batch-1024.log", "5-seeds-default.log", "6-seeds-photometric.log"]
     assert "ran: -m pytest -q -p no:cacheprovider tests/test_model.py" in (logs / "1-graphed-step.log").read_text()
     assert "ran: benchmarks/bench.py --compile" in (logs / "2-bench.log").read_text()
     # bench.py's 3 s leave less than the 10 s a step needs: the rest are skipped, not started and cut off.
-    for name in ("3-seeds-compile", "4-seeds-batch-1024", "5-seeds-default", "6-photometric"):
+    for name in ("3-seeds-compile", "4-seeds-batch-1024", "5-seeds-default", "6-seeds-photometric"):
         assert (logs / f"{name}.log").read_text() == f"=== {name}: skipped, the budget is spent\n"
     results = result.stdout.split("=== results\n")[1]  # printed again at the end, where the last screenful shows them
     assert results.startswith((logs / "0-machine.log").read_text()) and "--- 2-bench" in results, result.stdout
 
 
-def test_gpu_checks_trains_the_batch_1024_seeds_side_by_side_then_gathers_them(tmp_path):
+def test_gpu_checks_trains_the_batch_1024_and_photometric_seeds_side_by_side_then_gathers_them(tmp_path):
     _, logs = run_gpu_checks(tmp_path, budget=40)
     runs = tmp_path / "runs"
-    for seed in (0, 1, 2):
-        assert (logs / f"parallel-seed{seed}.log").read_text() == \
-            f"ran: benchmarks/seeds.py --seeds {seed} --out-dir {runs}/b1024 -- --batch-size 1024\n"
+    for name, flags in (("b1024", "--batch-size 1024"), ("photometric", "--photometric")):
+        for seed in (0, 1, 2):
+            assert (logs / f"{name}-parallel-seed{seed}.log").read_text() == \
+                f"ran: benchmarks/seeds.py --seeds {seed} --out-dir {runs}/{name} -- {flags}\n"
     assert f"ran: benchmarks/seeds.py --out-dir {runs}/b1024 -- --batch-size 1024\n" in (logs / "4-seeds-batch-1024.log").read_text()
     assert f"ran: benchmarks/seeds.py --out-dir {runs}/default\n" in (logs / "5-seeds-default.log").read_text()
-    assert f"ran: train.py --photometric --epochs 2 --test-each-epoch --overwrite --out-dir {runs}/photometric\n" in \
-        (logs / "6-photometric.log").read_text()
+    assert f"ran: benchmarks/seeds.py --out-dir {runs}/photometric -- --photometric\n" in (logs / "6-seeds-photometric.log").read_text()
