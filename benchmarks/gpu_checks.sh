@@ -45,12 +45,12 @@ step 3-seeds-compile 200 "$python" benchmarks/seeds.py --out-dir "$runs/compile"
 # Seeds 0, 1 and 2 of train.py with the given flags at once on the GPU, each logging to DIR/parallel-seedN.log, then
 # one seeds.py call that only gathers them into DIR/summary.md: for a question of accuracy alone, as their times,
 # sharing the GPU, count for nothing. Usage: bash -c "$side_by_side" PYTHON DIR TRAIN_FLAGS...
-side_by_side='for s in 0 1 2; do
+side_by_side='mkdir -p "$1"
+    for s in 0 1 2; do
         "$0" benchmarks/seeds.py --seeds $s --out-dir "$1" -- "${@:2}" > "$1/parallel-seed$s.log" 2>&1 &
     done
     wait
     "$0" benchmarks/seeds.py --out-dir "$1" -- "${@:2}"'
-mkdir -p "$runs/b1024" "$runs/photometric"
 # 4. Whether the 10-epoch schedule still reaches 99.70% at batch 1024, where training runs nearer 60,000 images/s
 # (bench.py times the batch).
 step 4-seeds-batch-1024 150 bash -c "$side_by_side" "$python" "$runs/b1024" --batch-size 1024
@@ -67,11 +67,9 @@ echo "--- 2-bench"
 grep -h -E "^\||first training step" "$log_dir/2-bench.log"
 for name in compile b1024 default photometric; do
     summary=$runs/$name/summary.md
-    [ -f "$summary" ] && { echo "--- seeds, $name$(case $name in b1024|photometric) echo ", run side by side: accuracy only";; esac)"
-                           grep -v "^(train.py wall s" "$summary"; }
+    shared=$([ -f "$runs/$name/parallel-seed0.log" ] && echo ", run side by side: accuracy only")
+    [ -f "$summary" ] && { echo "--- seeds, $name$shared"; grep -v "^(train.py wall s" "$summary"; }
     [ -f "$runs/$name/seeds.png" ] && cp "$runs/$name/seeds.png" "$log_dir/seeds-$name.png"
-done
-for name in b1024 photometric; do
     for log in "$runs/$name"/parallel-seed*.log; do
         [ -f "$log" ] && cp "$log" "$log_dir/$name-$(basename "$log")"
     done
