@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import ROOT, run_script
+from conftest import PNG_MAGIC, ROOT, run_script
 from utils import bf16_supported
 
 
@@ -76,24 +76,48 @@ def run_gpu_checks(tmp_path, budget: int) -> tuple[subprocess.CompletedProcess, 
 
 def test_gpu_checks_runs_each_step_within_its_budget_and_logs_it(tmp_path):
     result, logs = run_gpu_checks(tmp_path, budget=12)
-    assert sorted(p.name for p in logs.iterdir()) == ["0-machine.log", "1-graphed-step.log", "2-bench.log", "3-seeds-compile.log",
-                                                     "4-seeds-batch-1024.log", "5-seeds-default.log", "6-seeds-photometric.log"]
+    assert sorted(p.name for p in logs.iterdir()) == ["0-machine.log", "1-graphed-step.log", "2-bench.log", "3-seeds-default.log",
+                                                     "4-seeds-b128-e3.log", "5-seeds-batch.log", "6-seeds-compile.log",
+                                                     "7-seeds-photometric.log", "results.md"]
     assert "ran: -m pytest -q -p no:cacheprovider tests/test_model.py" in (logs / "1-graphed-step.log").read_text()
     assert "ran: benchmarks/bench.py --compile" in (logs / "2-bench.log").read_text()
     # bench.py's 3 s leave less than the 10 s a step needs: the rest are skipped, not started and cut off.
-    for name in ("3-seeds-compile", "4-seeds-batch-1024", "5-seeds-default", "6-seeds-photometric"):
+    for name in ("3-seeds-default", "4-seeds-b128-e3", "5-seeds-batch", "6-seeds-compile", "7-seeds-photometric"):
         assert (logs / f"{name}.log").read_text() == f"=== {name}: skipped, the budget is spent\n"
     results = result.stdout.split("=== results\n")[1]  # printed again at the end, where the last screenful shows them
     assert results.startswith((logs / "0-machine.log").read_text()) and "--- 2-bench" in results, result.stdout
+    assert (logs / "results.md").read_text() == "=== results\n" + results
 
 
-def test_gpu_checks_trains_the_batch_1024_and_photometric_seeds_side_by_side_then_gathers_them(tmp_path):
+def test_gpu_checks_trains_the_batch_size_and_photometric_seeds_side_by_side_then_gathers_them(tmp_path):
     _, logs = run_gpu_checks(tmp_path, budget=40)
     runs = tmp_path / "runs"
-    for name, flags in (("b1024", "--batch-size 1024"), ("photometric", "--photometric")):
-        for seed in (0, 1, 2):
+    recipes = {"b256": "--batch-size 256", "b128": "--batch-size 128", "photometric": "--photometric"}
+    for name, flags in recipes.items():
+        for seed in (0, 1, 2):  # each seed's log is kept in LOG_DIR
             assert (logs / f"{name}-parallel-seed{seed}.log").read_text() == \
                 f"ran: benchmarks/seeds.py --seeds {seed} --out-dir {runs}/{name} -- {flags}\n"
-    assert f"ran: benchmarks/seeds.py --out-dir {runs}/b1024 -- --batch-size 1024\n" in (logs / "4-seeds-batch-1024.log").read_text()
-    assert f"ran: benchmarks/seeds.py --out-dir {runs}/default\n" in (logs / "5-seeds-default.log").read_text()
-    assert f"ran: benchmarks/seeds.py --out-dir {runs}/photometric -- --photometric\n" in (logs / "6-seeds-photometric.log").read_text()
+    gathered = (logs / "5-seeds-batch.log").read_text()
+    for name in ("b256", "b128"):
+        assert f"ran: benchmarks/seeds.py --out-dir {runs}/{name} -- {recipes[name]}\n" in gathered
+    assert f"ran: benchmarks/seeds.py --out-dir {runs}/default\n" in (logs / "3-seeds-default.log").read_text()
+    assert f"ran: benchmarks/seeds.py --out-dir {runs}/b128-e3 -- --batch-size 128 --epochs 3\n" in \
+        (logs / "4-seeds-b128-e3.log").read_text()  # alone, for its times
+    assert not (logs / "b128-e3-parallel-seed0.log").exists()
+    assert f"ran: benchmarks/seeds.py --out-dir {runs}/compile -- --compile\n" in (logs / "6-seeds-compile.log").read_text()
+    assert f"ran: benchmarks/seeds.py --out-dir {runs}/photometric -- --photometric\n" in (logs / "7-seeds-photometric.log").read_text()
+
+
+def test_gpu_checks_keeps_each_recipes_summary_figure_and_per_seed_epochs_in_its_log_dir(tmp_path):
+    """LOG_DIR alone is what comes back from a lent GPU: what the runs left in RUNS_DIR is copied there."""
+    runs = tmp_path / "runs"
+    for seed in (0, 1):
+        (runs / "default" / f"seed{seed}").mkdir(parents=True)
+        (runs / "default" / f"seed{seed}" / "metrics.csv").write_text(f"epoch,test_acc\n1,0.99{seed}\n")
+    (runs / "default" / "summary.md").write_text("| seed |\n")
+    (runs / "default" / "seeds.png").write_bytes(PNG_MAGIC)
+    result, logs = run_gpu_checks(tmp_path, budget=12)
+    assert (logs / "default-seed1-metrics.csv").read_text() == "epoch,test_acc\n1,0.991\n"
+    assert (logs / "default-seed0-metrics.csv").is_file() and (logs / "default-seeds.png").read_bytes() == PNG_MAGIC
+    assert (logs / "default-summary.md").read_text() == "| seed |\n"
+    assert "--- seeds, default\n| seed |\n" in (logs / "results.md").read_text()

@@ -19,10 +19,8 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
-from conftest import ROOT, run_script
+from conftest import PNG_MAGIC, ROOT, run_script
 from model import ResNet18
-
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.mark.parametrize("script", ["train.py", "test.py", "predict.py"])
