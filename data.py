@@ -15,7 +15,7 @@ from typing import Iterator
 import torch
 import torch.nn.functional as F
 
-from utils import UserError
+from lib.cli import UserError
 
 MEAN, STD = 0.1307, 0.3081  # of the 60,000 MNIST training images, pixels scaled to [0, 1]
 INPUT_SIZE = 32

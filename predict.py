@@ -16,9 +16,12 @@ import torch
 import torch.nn.functional as F
 
 import data
-from model import EVAL_BATCH_SIZE, evaluate_split, fold_batchnorm, load_model
-from utils import (ArgumentParser, UserError, autocast, check_figure_path, pick_device, positive_int, pyplot, random_seed,
-                   run_cli, save_figure)
+from lib.checkpoints import load_model
+from lib.cli import ArgumentParser, UserError, add_shared_flags, positive_int, random_seed, run_cli
+from lib.device import pick_device
+from lib import inference
+from lib.inference import EVAL_BATCH_SIZE, evaluate_split
+from lib.plots import check_figure_path, pyplot, save_figure, show_window
 
 SAMPLES_SHOWN = 16  # --num's default for random test digits
 ERRORS_SHOWN = 64  # and with --errors, a cap: a trained model makes about 30 mistakes, a half-trained one thousands
@@ -28,8 +31,7 @@ USER_IMAGES_DRAWN = 32  # at most, of --images, each beside what the model saw
 
 def parse_args(argv: list[str] | None = None):
     parser = ArgumentParser(description="Plot sample MNIST test digits with the model's predicted labels.")
-    parser.add_argument("--weights", default="checkpoints/best.pt", help="checkpoint written by train.py")
-    parser.add_argument("--data-dir", help="folder containing MNIST/raw (default: $MNIST_DATA_DIR, else ./data)")
+    add_shared_flags(parser, "--weights", "--data-dir")
     what = parser.add_mutually_exclusive_group()
     what.add_argument("--images", nargs="+", metavar="PATH", help="classify these image files / folders instead of test digits")
     parser.add_argument("--json", action="store_true", help="print the predictions as JSON (the other messages go to stderr)")
@@ -40,8 +42,7 @@ def parse_args(argv: list[str] | None = None):
     parser.add_argument("--out", help="where to save the figure (default: predictions.png, with --errors errors.png, "
                                       "in the folder of --weights)")
     parser.add_argument("--show", action="store_true", help="also open the figure in a window")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
-    parser.add_argument("--no-amp", dest="amp", action="store_false", help="predict in fp32 instead of bf16 autocast")
+    add_shared_flags(parser, "--device", "--no-amp")
     return parser.parse_args(argv)
 
 
@@ -56,27 +57,6 @@ def records_of_test_digits(indices: torch.Tensor, labels: torch.Tensor, probabil
     """--json's records of test digits: index in the test set, true label, then prediction_records' fields."""
     return [{"test_index": int(i), "label": int(label), **record}
             for i, label, record in zip(indices, labels, prediction_records(probabilities))]
-
-
-@torch.no_grad()
-def classify(model: torch.nn.Module, images: torch.Tensor, amp: bool) -> torch.Tensor:
-    """Softmax probabilities [N, 10] for 32x32 [0, 1] images [N, 1, 32, 32], in batches of test.py's size, by the
-    batch-norm-folded model test.py evaluates."""
-    device = next(model.parameters()).device
-    inference_model = fold_batchnorm(model)
-    with autocast(device, amp):
-        logits = torch.cat([inference_model(data.normalize(batch.to(device))).float() for batch in images.split(EVAL_BATCH_SIZE)])
-    return logits.softmax(1).cpu()
-
-
-def show_window(plt, path: str) -> None:
-    """plt.show(), or a note where there is no display (matplotlib then picks a file-only backend and shows nothing)."""
-    from matplotlib.backends import BackendFilter, backend_registry
-
-    if plt.get_backend().lower() in backend_registry.list_builtin(BackendFilter.NON_INTERACTIVE):
-        print(f"note: no display to open a window on (matplotlib backend {plt.get_backend()}); the figure is in {path}", file=sys.stderr)
-        return
-    plt.show()
 
 
 def plot_grid(path: str, images: torch.Tensor, probabilities: torch.Tensor, labels: torch.Tensor | None, show: bool,
@@ -167,7 +147,7 @@ def predict_images(model: torch.nn.Module, args) -> None:
         names.append(str(path))
     if digits:
         inputs = data.to_model_size(torch.stack(digits))
-        probabilities = classify(model, inputs, args.amp)
+        probabilities = inference.probabilities(model, inputs, args.amp)
         results = [{"path": name, **record} for name, record in zip(names, prediction_records(probabilities))]
         if args.json:
             print(json.dumps(results, indent=2))
@@ -225,7 +205,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.num > len(images):
         raise UserError(f"--num must be at most {len(images)}, got {args.num}")
     pick = torch.randperm(len(images), generator=torch.Generator().manual_seed(args.seed))[: args.num]
-    probabilities = classify(model, images[pick], args.amp)
+    probabilities = inference.probabilities(model, images[pick], args.amp)
     if args.json:
         print(json.dumps(records_of_test_digits(pick, labels[pick], probabilities), indent=2))
     plot_grid(args.out, images[pick], probabilities, labels[pick], args.show)

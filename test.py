@@ -14,25 +14,27 @@ from pathlib import Path
 import torch
 
 import data
-from model import EVAL_BATCH_SIZE, evaluate, evaluate_split, load_model, quantize_int8
-from utils import (ArgumentParser, UserError, all_or_none, bf16_supported, check_writable_dir, keep_freed_memory, pick_device,
-                   positive_int, progress, pyplot, random_seed, run_cli, save_figure, synchronize, write_json)
-
-CALIBRATION_IMAGES = 256  # training images whose activation ranges set the int8 scales (1,000 or 5,000: no better)
+from lib.checkpoints import load_model
+from lib.cli import ArgumentParser, add_shared_flags, positive_int, progress, random_seed, run_cli
+from lib.device import bf16_supported, keep_freed_memory, pick_device, synchronize
+from lib.files import all_or_none, check_writable_dir, write_json
+from lib.inference import CALIBRATION_IMAGES, EVAL_BATCH_SIZE, evaluate, evaluate_split, int8_model
+from lib.plots import pyplot, save_figure
 
 
 def parse_args(argv: list[str] | None = None):
     parser = ArgumentParser(description="Report test-set accuracy of saved ResNet-18 weights.")
-    parser.add_argument("--weights", default="checkpoints/best.pt", help="checkpoint written by train.py")
-    parser.add_argument("--data-dir", help="folder containing MNIST/raw (default: $MNIST_DATA_DIR, else ./data)")
-    parser.add_argument("--out-dir", help="where test_report.json and confusion_matrix.png go (default: the folder of --weights)")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    add_shared_flags(parser, "--weights", "--data-dir")
+    parser.add_argument("--out-dir", help="where test_report.json and confusion_matrix.png go (default: the folder of "
+                                          "--weights)")
+    add_shared_flags(parser, "--device")
     parser.add_argument("--batch-size", type=positive_int, default=EVAL_BATCH_SIZE, help="images per forward pass")
-    parser.add_argument("--no-amp", dest="amp", action="store_false", help="evaluate in fp32 instead of bf16 autocast")
+    add_shared_flags(parser, "--no-amp")
     parser.add_argument("--int8", action="store_true",
-                        help=f"CPU only: evaluate an int8 copy of the model, calibrated on {CALIBRATION_IMAGES} training images "
-                             "(about twice as fast as bf16, predictions within a few images of fp32)")
-    parser.add_argument("--robustness", action="store_true", help="also measure accuracy under corruptions (rotation, noise, ...)")
+                        help=f"CPU only: evaluate an int8 copy of the model, calibrated on {CALIBRATION_IMAGES} "
+                             "training images (about twice as fast as bf16, predictions within a few images of fp32)")
+    parser.add_argument("--robustness", action="store_true",
+                        help="also measure accuracy under corruptions (rotation, noise, ...)")
     parser.add_argument("--robustness-images", type=positive_int, default=10000, help="test images used for --robustness")
     parser.add_argument("--seed", type=random_seed, default=0, help="seed of the random corruptions")
     return parser.parse_args(argv)
@@ -160,17 +162,6 @@ def plot_confusion(path: Path, confusion: torch.Tensor, accuracy: float) -> None
     save_figure(fig, path)
 
 
-def int8_copy(model: torch.nn.Module, args, device: torch.device) -> torch.nn.Module:
-    if device.type != "cpu":
-        raise UserError(f"--int8 runs on the CPU only (PyTorch's quantized kernels are CPU kernels), not {device}: add --device cpu")
-    started = time.perf_counter()
-    train_images, _ = data.load_split(args.data_dir, train=True)
-    calibration = data.normalize(data.to_model_size(train_images[:CALIBRATION_IMAGES]))
-    quantized = quantize_int8(model, calibration.split(args.batch_size))
-    print(f"quantized to int8 in {time.perf_counter() - started:.1f}s (activation ranges from {len(calibration)} training images)")
-    return quantized
-
-
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     device = pick_device(args.device)
@@ -180,7 +171,7 @@ def main(argv: list[str] | None = None) -> None:
     where = f"--out-dir {out_dir}" if args.out_dir else f"{out_dir} (the folder of --weights, where the report goes without --out-dir)"
     check_writable_dir(out_dir, where)
     if args.int8:  # before the test images are loaded, so that --int8 off the CPU is refused at once
-        model = int8_copy(model, args, device)
+        model = int8_model(model, args.data_dir, args.batch_size, device)
     images, labels = data.load_test(args.data_dir, device)
 
     synchronize(device)

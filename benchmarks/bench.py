@@ -23,23 +23,22 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import data  # noqa: E402
-from model import (EVAL_BATCH_SIZE, ResNet18, compile_training_step, fold_batchnorm, graph_training_step, quantize_int8,  # noqa: E402
-                   to_device)
-from utils import (ArgumentParser, autocast, bf16_supported, keep_freed_memory, pick_device, positive_float, positive_int,  # noqa: E402
-                   progress, run_cli, synchronize)
-from train import default_batch_size  # noqa: E402
+from lib.cli import ArgumentParser, add_shared_flags, positive_float, positive_int, progress, run_cli  # noqa: E402
+from lib.device import bf16_supported, keep_freed_memory, pick_device, synchronize  # noqa: E402
+from lib.inference import EVAL_BATCH_SIZE, fold_batchnorm, predict_logits, quantize_int8  # noqa: E402
+from lib.training import (compile_training_step, default_batch_size, graph_training_step, sgd,  # noqa: E402
+                          training_step)
+from model import ResNet18, to_device  # noqa: E402
 
 TRAIN_GFLOP, FORWARD_GFLOP = 3.32, 1.11  # per 32x32 image, counted with torch.utils.flop_counter.FlopCounterMode
 
 
 def parse_args(argv=None):
     parser = ArgumentParser(description="Throughput of the peer pipeline vs ours.")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
-    parser.add_argument("--data-dir", help="folder containing MNIST/raw (default: $MNIST_DATA_DIR, else ./data)")
+    add_shared_flags(parser, "--device", "--data-dir")
     parser.add_argument("--steps", type=positive_int, default=50, help="timed steps per measurement")
     parser.add_argument("--warmup", type=positive_int, default=10, help="untimed steps first")
     parser.add_argument("--batch-size", type=positive_int, help="our training batch size (default: train.py's on this device)")
@@ -117,8 +116,7 @@ def measure(device, batches_train, batches_eval, ours: bool, args, graphs: bool 
     torch.manual_seed(0)
     amp = ours
     model = to_device(ResNet18(), device, channels_last=ours)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4,
-                                fused=ours and device.type == "cuda")
+    optimizer = sgd(model, fused=ours and device.type == "cuda")  # and the step below: train.py's own
     forward = model
     if graphs:
         forward = graph_training_step(model, next(batches_train)[0], amp)
@@ -126,11 +124,7 @@ def measure(device, batches_train, batches_eval, ours: bool, args, graphs: bool 
         forward = compile_training_step(model)
 
     def train_step(x, y):
-        with autocast(device, amp):
-            loss = F.cross_entropy(forward(x), y, label_smoothing=0.1)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        training_step(forward, optimizer, x, y, amp)
 
     model.train()
     who = ("ours" + (" + CUDA graphs" if graphs else " + torch.compile" if compiled else "")) if ours else "peer"
@@ -142,11 +136,13 @@ def measure(device, batches_train, batches_eval, ours: bool, args, graphs: bool 
     train = images_per_second(train_step, batches_train, args.steps, args.warmup, device, f"{who}: training")
     if compiled:
         return train, None
-    inference_model = fold_batchnorm(model) if ours else model.eval()
+    inference_model = fold_batchnorm(model) if ours else model.eval()  # folded once: predict_logits keeps it as it is
 
     @torch.no_grad()
     def eval_step(x, y):
-        with autocast(device, amp):
+        if ours:  # test.py's path
+            predict_logits(inference_model, [x], amp).argmax(1)
+        else:  # the peer's: batch norm unfolded, fp32
             inference_model(x).argmax(1)
 
     evaluate = images_per_second(eval_step, batches_eval, args.steps, args.warmup, device, f"{who}: evaluation")

@@ -12,17 +12,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import data  # noqa: E402
-from model import EVAL_BATCH_SIZE, evaluate, load_model  # noqa: E402
-from test import int8_copy  # noqa: E402
-from utils import (ArgumentParser, UserError, bf16_supported, keep_freed_memory, pick_device, positive_int,  # noqa: E402
-                   run_cli, synchronize)
+from lib.checkpoints import load_model  # noqa: E402
+from lib.cli import ArgumentParser, UserError, add_shared_flags, positive_int, run_cli  # noqa: E402
+from lib.device import bf16_supported, keep_freed_memory, pick_device, synchronize  # noqa: E402
+from lib.inference import EVAL_BATCH_SIZE, evaluate, int8_model  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None):
     parser = ArgumentParser(description="Test-set predictions of one checkpoint in fp32, bf16 autocast and int8 (CPU), compared.")
-    parser.add_argument("--weights", default="checkpoints/best.pt", help="checkpoint written by train.py")
-    parser.add_argument("--data-dir", help="folder containing MNIST/raw (default: $MNIST_DATA_DIR, else ./data)")
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    add_shared_flags(parser, "--weights", "--data-dir", "--device")
     parser.add_argument("--batch-size", type=positive_int, default=EVAL_BATCH_SIZE, help="images per forward pass")
     parser.add_argument("--limit", type=positive_int, help="use only the first N test images")
     return parser.parse_args(argv)
@@ -39,7 +37,7 @@ def main(argv: list[str] | None = None) -> dict:
     if bf16_supported(device):
         variants["bf16 autocast"] = (model, True)
     if device.type == "cpu":
-        variants["int8"] = (int8_copy(model, args, device), False)
+        variants["int8"] = (int8_model(model, args.data_dir, args.batch_size, device), False)
     if len(variants) == 1:
         raise UserError(f"{device} has neither bf16 in hardware nor int8 kernels, so everything runs in fp32; nothing to compare")
 

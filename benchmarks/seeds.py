@@ -28,8 +28,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from utils import (ArgumentParser, UserError, all_or_none, check_writable_dir, pyplot, random_seed, run_cli,  # noqa: E402
-                   save_figure, write_json)
+from lib.cli import ArgumentParser, UserError, add_shared_flags, random_seed, run_cli  # noqa: E402
+from lib.files import all_or_none, check_writable_dir, write_json  # noqa: E402
+from lib.plots import pyplot, save_figure  # noqa: E402
 
 OWN_FLAGS = ("--seed", "--out-dir", "--test-each-epoch")  # set per seed by this script
 RUN_RECORD = "seeds_run.json"  # in each seed's folder: its train.py flags, whether training finished, and how long it took
@@ -43,8 +44,7 @@ def parse_args(argv: list[str] | None = None):
     parser.add_argument("--seeds", type=random_seed, nargs="+", default=[0, 1, 2], help="one run per seed, one after another")
     parser.add_argument("--out-dir", default="runs", help="each seed's run goes to OUT_DIR/seedN, the summary to OUT_DIR/summary.md")
     parser.add_argument("--target", type=float, default=99.5, help="test accuracy (%%) whose time to reach is reported")
-    parser.add_argument("--data-dir", help="folder containing MNIST/raw (default: $MNIST_DATA_DIR, else ./data)")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    add_shared_flags(parser, "--data-dir", "--device")
     args = parser.parse_args(own)
     clashes = [flag for flag in train_args if flag.split("=")[0] in OWN_FLAGS]
     if clashes:

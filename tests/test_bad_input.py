@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from conftest import run_script
-from model import ResNet18, save_checkpoint
+from lib.checkpoints import save_checkpoint
+from model import ResNet18
 
 RAW_FILES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
 
@@ -120,12 +121,13 @@ def test_weights_in_a_folder_it_cannot_write_are_tested_only_with_another_out_di
     # through os.access, which the check asks.
     import data
     import test
-    import utils
+    from lib import files
+    from lib.cli import UserError
 
     read_only = workspace.resolve()
-    monkeypatch.setattr(utils.os, "access", lambda path, mode: Path(path).resolve() != read_only)
+    monkeypatch.setattr(files.os, "access", lambda path, mode: Path(path).resolve() != read_only)
     monkeypatch.setattr(data, "load_test", lambda *args: pytest.fail("evaluated before the report's folder was checked"))
-    with pytest.raises(utils.UserError) as refused:
+    with pytest.raises(UserError) as refused:
         test.main(["--weights", str(workspace / "good.pt"), "--device", "cpu"])
     assert str(refused.value) == (f"{workspace} (the folder of --weights, where the report goes without --out-dir): "
                                   f"cannot write in {read_only} (no permission, or a read-only file system)")
@@ -133,11 +135,11 @@ def test_weights_in_a_folder_it_cannot_write_are_tested_only_with_another_out_di
 
 def test_int8_off_the_cpu_is_refused_with_what_to_do():
     # Called directly: no GPU here to run `test.py --int8 --device cuda` on, and the check comes before any work.
-    from test import int8_copy
-    from utils import UserError
+    from lib.cli import UserError
+    from lib.inference import int8_model
 
     with pytest.raises(UserError, match=r"--int8 runs on the CPU only .* not cuda: add --device cpu"):
-        int8_copy(ResNet18(), None, torch.device("cuda"))
+        int8_model(ResNet18(), None, 1000, torch.device("cuda"))
 
 
 @pytest.mark.parametrize("script, arguments, expected", [
@@ -153,7 +155,7 @@ def test_int8_off_the_cpu_is_refused_with_what_to_do():
 def test_numbers_out_of_range_are_refused_as_the_command_line_is_read(script, arguments, expected):
     # In-process: the one line and exit code 2 of such a refusal are checked end to end above (e.g. negative-lr);
     # without these checks each of them was a traceback from torch (an optimizer, scheduler, loss or generator).
-    from utils import UserError
+    from lib.cli import UserError
 
     with pytest.raises(UserError, match=re.escape(expected)):
         importlib.import_module(script).parse_args(arguments)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import PNG_MAGIC, ROOT, run_script
-from utils import bf16_supported
+from lib.device import bf16_supported
 
 
 def test_bench_smoke(mnist_dir):

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import data
-from utils import UserError
+from lib.cli import UserError
 
 
 def test_resize_gives_32x32_in_unit_range():

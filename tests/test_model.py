@@ -8,8 +8,11 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
-from model import ResNet18, fold_batchnorm, graph_training_step, load_checkpoint, load_model, save_checkpoint, to_device
-from utils import autocast, bf16_supported
+from lib.checkpoints import load_checkpoint, load_model, save_checkpoint
+from lib.device import autocast, bf16_supported
+from lib.inference import fold_batchnorm
+from lib.training import graph_training_step
+from model import ResNet18, to_device
 
 
 def test_output_shape_and_parameter_count():

@@ -14,10 +14,12 @@ import time
 import pytest
 import torch
 
-import model as model_module
 from conftest import ROOT, run_script
-from model import ResNet18, load_checkpoint, save_checkpoint
-from utils import UserError, all_or_none, claim_folder, write_json
+import lib.checkpoints as checkpoints_module
+from lib.checkpoints import load_checkpoint, save_checkpoint
+from lib.cli import UserError
+from lib.files import all_or_none, claim_folder, write_json
+from model import ResNet18
 
 # Tiny and deterministic: 16 steps per epoch, a few seconds each on 2 CPU cores. Every random part is on (shuffle,
 # geometric and photometric augmentation), so the exact-resume tests cover each one's random numbers.
@@ -145,7 +147,7 @@ def test_a_write_that_fails_half_way_leaves_the_previous_checkpoint_loadable(tmp
         file.write(before[: len(before) // 2])
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(model_module.torch, "save", save_half_then_fail)
+    monkeypatch.setattr(checkpoints_module.torch, "save", save_half_then_fail)
     with pytest.raises(UserError) as failed:
         save_checkpoint(tmp_path / "best.pt", ResNet18(), epoch=2)
     assert str(failed.value) == f"could not write {tmp_path / 'best.pt'}: No space left on device (the earlier best.pt is kept whole)"
@@ -269,7 +271,7 @@ def test_an_incompatible_checkpoint_says_what_it_is_and_what_was_expected(tmp_pa
 def test_weights_of_another_shape_are_refused_with_one_line(tmp_path):
     save_checkpoint(tmp_path / "w.pt", ResNet18(num_classes=100))
     with pytest.raises(UserError, match="does not hold ResNet-18 weights of this shape"):
-        model_module.load_model(tmp_path / "w.pt", torch.device("cpu"))
+        checkpoints_module.load_model(tmp_path / "w.pt", torch.device("cpu"))
 
 
 def test_a_second_run_into_the_folder_a_run_is_training_into_is_refused(mnist_dir, tmp_path):
@@ -297,7 +299,7 @@ def test_a_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(str
 
 
 def test_the_schedule_rises_then_falls_for_any_number_of_steps():
-    from train import one_cycle_schedule
+    from lib.training import one_cycle_schedule
 
     # torch's OneCycleLR alone divides by zero where the warm-up is exactly one step: (5, 0.2), (4, 0.25), (2, 0.5).
     for total_steps in range(1, 21):

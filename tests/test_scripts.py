@@ -56,9 +56,9 @@ def test_memory_a_batch_frees_is_reused_without_being_faulted_in_again():
     # What train.py and test.py do first. Without it every batch maps its large activations afresh (fp32 here, 67 MB
     # for the first stage) and faults them in page by page; with it the third batch reuses the first two's memory.
     code = """if True:
-        import resource, sys, torch, model, utils
+        import resource, sys, torch, model, lib.device
         if sys.argv[1] == "keep":
-            utils.keep_freed_memory()
+            lib.device.keep_freed_memory()
         net, images = model.ResNet18().eval(), torch.randn(256, 1, 32, 32)
         with torch.no_grad():
             for _ in range(2):

@@ -10,8 +10,8 @@ from PIL import Image
 
 import data
 from conftest import run_script
-from model import load_model
-from predict import classify
+from lib.checkpoints import load_model
+from lib.inference import probabilities
 from render_digits import write_rendered
 from test import CORRUPTIONS, corrupt
 
@@ -36,11 +36,11 @@ def test_photos_of_digits_score_within_5_points_of_the_originals(trained, render
     on_files = np.mean([predictions[str(p)] == int(p.stem.split("label")[1]) for p in paths])
 
     model, _ = load_model(trained / "best.pt", torch.device("cpu"))
-    on_originals = (classify(model, data.to_model_size(images), amp=True).argmax(1) == labels).float().mean().item()
+    on_originals = (probabilities(model, data.to_model_size(images), amp=True).argmax(1) == labels).float().mean().item()
     # Control: the same files without the MNIST-style preprocessing, just grayscale and resized.
     unprocessed = torch.stack([torch.nn.functional.interpolate(data.read_image(p)[None, None], size=32, mode="bilinear", antialias=True)[0]
                                for p in paths])
-    control = (classify(model, unprocessed, amp=True).argmax(1) == labels).float().mean().item()
+    control = (probabilities(model, unprocessed, amp=True).argmax(1) == labels).float().mean().item()
 
     # The 2-epoch model (~87%) has many close calls, and re-rendering flips 7-9% of its predictions both ways, so 300
     # digits leave about 1.6 points of noise on the gap (measured: 2.0 points; 2.5 over 1,000 digits). Fitting the

@@ -1,0 +1,136 @@
+"""Inference: the batch-norm-folded model, its int8 copy, and the one path every script predicts and evaluates by."""
+from __future__ import annotations
+
+import copy
+import time
+import warnings
+from typing import Iterable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.fx.experimental.optimization import fuse as fuse_conv_bn
+
+import data
+from lib.cli import UserError, progress
+from lib.device import autocast
+from model import unwrap
+
+EVAL_BATCH_SIZE = 1000  # of validation and test passes: in the same batches bf16 rounds alike, so every script agrees
+CALIBRATION_IMAGES = 256  # training images whose activation ranges set the int8 scales (more did no better)
+
+
+def fold_batchnorm(model: nn.Module) -> nn.Module:
+    """A copy of `model` for inference, each batch norm folded into the convolution before it.
+
+    Same outputs up to rounding, one pass over every activation less. `model` itself is left as it was (training
+    mode included). A model with no batch norm left (an int8 one from quantize_int8) comes back as it is.
+    """
+    model = unwrap(model)
+    if not any(isinstance(module, nn.BatchNorm2d) for module in model.modules()):
+        return model
+    was_training = model.training
+    folded = fuse_conv_bn(model.eval())  # copies first
+    model.train(was_training)
+    return folded
+
+
+def quantize_int8(model: nn.Module, calibration_images: Iterable[torch.Tensor]) -> nn.Module:
+    """An int8 copy of `model` for inference on the CPU: post-training static quantization, torch.ao's FX flow.
+
+    Each batch norm is folded, each convolution fused with its ReLU and each residual add with its ReLU; weights
+    become int8 per output channel, activations uint8 over the ranges seen on `calibration_images` (normalised
+    batches, never test images). Integer dot products (AVX512-VNNI) do twice the work of bf16 ones.
+    """
+    from torch.ao.quantization import get_default_qconfig_mapping
+    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+
+    model = copy.deepcopy(unwrap(model)).cpu().eval()
+    qconfig = get_default_qconfig_mapping(torch.backends.quantized.engine)  # x86 (fbgemm + oneDNN), qnnpack on Arm
+    example = torch.zeros(1, 1, data.INPUT_SIZE, data.INPUT_SIZE)
+    with warnings.catch_warnings():
+        # torch.ao.quantization is deprecated in favour of torchao, whose int8 convolutions need torch.compile.
+        warnings.simplefilter("ignore")
+        observed = prepare_fx(model, qconfig, (example,))
+        with torch.no_grad():
+            for images in calibration_images:
+                observed(images.cpu())
+        return convert_fx(observed)
+
+
+def int8_model(model: nn.Module, data_dir: str | None, batch_size: int, device: torch.device) -> nn.Module:
+    """quantize_int8 calibrated on the first CALIBRATION_IMAGES training images, for test.py --int8."""
+    if device.type != "cpu":
+        raise UserError(f"--int8 runs on the CPU only (PyTorch's quantized kernels are CPU kernels), not {device}: "
+                        "add --device cpu")
+    started = time.perf_counter()
+    train_images, _ = data.load_split(data_dir, train=True)
+    calibration = data.normalize(data.to_model_size(train_images[:CALIBRATION_IMAGES]))
+    quantized = quantize_int8(model, calibration.split(batch_size))
+    print(f"quantized to int8 in {time.perf_counter() - started:.1f}s "
+          f"(activation ranges from {len(calibration)} training images)")
+    return quantized
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, batches: Iterable[torch.Tensor], amp: bool = True) -> torch.Tensor:
+    """fp32 logits [N, 10] of `model` over batches of normalised images, by its batch-norm-folded copy.
+
+    Every prediction in this project comes from here: test.py's accuracy, predict.py's digits, the benchmark's
+    evaluation. `model` is unchanged.
+    """
+    inference_model = fold_batchnorm(model)
+    parameter = next(inference_model.parameters(), None)
+    device = parameter.device if parameter is not None else torch.device("cpu")  # int8 models keep no parameters
+    logits = []
+    for x in batches:
+        with autocast(device, amp):
+            logits.append(inference_model(x).float())
+    return torch.cat(logits) if logits else torch.empty(0, data.NUM_CLASSES, device=device)
+
+
+def probabilities(model: nn.Module, images: torch.Tensor, amp: bool) -> torch.Tensor:
+    """Softmax probabilities [N, 10] on the CPU for [0, 1] images [N, 1, 32, 32], in test.py's batches."""
+    device = next(model.parameters()).device
+    batches = (data.normalize(batch.to(device)) for batch in images.split(EVAL_BATCH_SIZE))
+    return predict_logits(model, batches, amp).softmax(1).cpu()
+
+
+def evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], amp: bool = True) -> dict:
+    """Loss, accuracy and logits of `model` over (images, labels) batches, by predict_logits.
+
+    Returns sums as well as means so DDP ranks can add theirs up. The loss is plain cross-entropy
+    (no label smoothing), so it is comparable across recipes.
+    """
+    labels = []
+
+    def images() -> Iterable[torch.Tensor]:
+        for x, y in batches:
+            labels.append(y)
+            yield x
+
+    logits = predict_logits(model, images(), amp)
+    labels = torch.cat(labels) if labels else torch.empty(0, dtype=torch.long, device=logits.device)
+    loss_sum = F.cross_entropy(logits, labels, reduction="sum")
+    correct = (logits.argmax(1) == labels).sum()
+    count = len(labels)
+    return {
+        "loss_sum": loss_sum,
+        "correct": correct,
+        "count": count,
+        "loss": loss_sum.item() / max(count, 1),
+        "accuracy": correct.item() / max(count, 1),
+        "logits": logits,
+        "labels": labels,
+    }
+
+
+def evaluate_split(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = EVAL_BATCH_SIZE,
+                   amp: bool = True, *, desc: str, rank: int = 0, world_size: int = 1, show: bool = True) -> dict:
+    """evaluate() over a whole split held as tensors, in batches, with a progress bar (on a terminal) named `desc`.
+
+    Under DDP each rank evaluates its share of every batch; the sums it returns are that share's.
+    """
+    steps = len(data.batch_bounds(len(images), batch_size, world_size))
+    split_batches = data.batches(images, labels, batch_size, rank=rank, world_size=world_size)
+    return evaluate(model, progress(split_batches, total=steps, desc=desc, unit="batch", show=show), amp)
