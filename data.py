@@ -47,7 +47,8 @@ def _check_idx_file(path: Path, kind: str) -> None:
     dims = [int.from_bytes(header[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
     expected = len(header) + math.prod(dims)
     if path.stat().st_size != expected:
-        raise UserError(f"{path} is truncated or padded: {path.stat().st_size} bytes, expected {expected} for shape {dims}")
+        raise UserError(f"{path} is truncated or padded: {path.stat().st_size} bytes, expected {expected} for shape "
+                        f"{dims}")
 
 
 def _ensure_raw_files(root: Path, train: bool) -> None:
@@ -72,7 +73,8 @@ def _ensure_raw_files(root: Path, train: bool) -> None:
             ) from None
     for path, kind in zip(paths, ("images", "labels")):
         if not path.exists():
-            raise UserError(f"{path} is missing: copy it beside the other MNIST files, or remove them all to download afresh")
+            raise UserError(f"{path} is missing: copy it beside the other MNIST files, or remove them all to download "
+                            "afresh")
         _check_idx_file(path, kind)
 
 
@@ -109,14 +111,15 @@ def split_indices(n: int, val_size: int) -> tuple[torch.Tensor, torch.Tensor]:
 def load_train_val(
     data_dir: str | Path | None, val_size: int, subset: int | None, device: torch.device
 ) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
-    """((train images, labels), (val images, labels)) as 32x32 [0, 1] tensors on `device`."""
+    """The training and validation splits, each an (images, labels) pair of 32x32 [0, 1] tensors on `device`."""
     images, labels = load_split(data_dir, train=True)
     if not 0 <= val_size < len(images):
         raise UserError(f"--val-size must be between 0 and {len(images) - 1}, got {val_size}")
     train_idx, val_idx = split_indices(len(images), val_size)
     if subset is not None:
         if not 0 < subset <= len(train_idx):
-            raise UserError(f"--subset must be between 1 and {len(train_idx)} (the training images left after the split), got {subset}")
+            raise UserError(f"--subset must be between 1 and {len(train_idx)} (the training images left after the "
+                            f"split), got {subset}")
         train_idx = train_idx[:subset]
     resized = to_model_size(images).to(device)
     labels = labels.to(device)
@@ -130,7 +133,8 @@ def load_test(data_dir: str | Path | None, device: torch.device) -> tuple[torch.
     return to_model_size(images).to(device), labels.to(device)
 
 
-def random_affines(n: int, generator: torch.Generator, rotate: float = 12.0, scale: float = 0.1, translate: float = 0.1) -> torch.Tensor:
+def random_affines(n: int, generator: torch.Generator, rotate: float = 12.0, scale: float = 0.1,
+                   translate: float = 0.1) -> torch.Tensor:
     """Per-sample affine matrices [n, 2, 3] for grid_sample: rotation (degrees), zoom and shift (fraction of the side).
 
     Handwriting varies in slant, size and position, never in mirror image, so there are no flips.
@@ -238,7 +242,8 @@ def read_image(path: str | Path) -> torch.Tensor:
     try:
         with Image.open(path) as image:
             if image.width * image.height > MAX_IMAGE_PIXELS:
-                raise UserError(f"{path}: {image.width}x{image.height} pixels is too large (limit {MAX_IMAGE_PIXELS:,}); resize it first")
+                raise UserError(f"{path}: {image.width}x{image.height} pixels is too large (limit "
+                                f"{MAX_IMAGE_PIXELS:,}); resize it first")
             image.seek(0)  # first frame of a GIF
             paper = Image.new("RGBA", image.size, "white")
             gray = Image.alpha_composite(paper, image.convert("RGBA")).convert("L")
@@ -262,7 +267,8 @@ def _otsu_threshold(x: torch.Tensor) -> float:
 
 def box_blur(x: torch.Tensor, kernel: int) -> torch.Tensor:
     """The mean over each kernel x kernel box (odd kernel, edges replicated) of an image [H, W], as a row pass then a
-    column pass: 2 * kernel additions a pixel instead of kernel**2 (a 12-megapixel photo: 0.6 s instead of 20)."""
+    column pass: 2 * kernel additions a pixel instead of kernel**2 (BENCHMARKS.md, "`predict.py` on many digits and on
+    large photos")."""
     if kernel == 1:
         return x
     padded = F.pad(x[None, None], [kernel // 2] * 4, mode="replicate")
@@ -270,7 +276,10 @@ def box_blur(x: torch.Tensor, kernel: int) -> torch.Tensor:
 
 
 def digit_to_mnist(gray: torch.Tensor) -> torch.Tensor:
-    """A grayscale digit [H, W] in [0, 1] as MNIST would have it: [28, 28], light on black, 20x20 box, centred by mass."""
+    """A grayscale digit [H, W] in [0, 1] as MNIST would have it: [28, 28], light on black, centred by mass.
+
+    The ink is fitted into a 20x20 box first, as MNIST's digits were; the steps are in docs/internals.md.
+    """
     border = torch.cat([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
     x = 1 - gray if border.median() > 0.5 else gray.clone()  # make it light ink on a dark background
     # Find the ink on a copy blurred in proportion to size, so paper texture and sensor noise do not survive the
@@ -286,14 +295,15 @@ def digit_to_mnist(gray: torch.Tensor) -> torch.Tensor:
         raise UserError("no digit found: the image is blank or has too little contrast")
     # Zero at the paper's level plus 3 sigma of its noise (median and MAD), not at a high percentile of what lies
     # below the threshold: the strokes' soft edges lie there too, and cutting into them leaves strokes thinner than
-    # MNIST's (that lost 16% of the ink of re-rendered MNIST digits).
+    # MNIST's (tests/test_user_images.py checks the ink kept).
     paper_level = paper.median()
     zero = min((paper_level + 3 * 1.4826 * (paper - paper_level).abs().median()).item(), threshold)
     rows, cols = mask.sum(1).nonzero(), mask.sum(0).nonzero()
     x = ((x - zero) / (brightest - zero)).clamp(0, 1)[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
     scale = 20 / max(x.shape)
     height, width = max(1, round(x.shape[0] * scale)), max(1, round(x.shape[1] * scale))
-    x = F.interpolate(x[None, None], size=(height, width), mode="bilinear", antialias=True, align_corners=False)[0, 0].clamp(0, 1)
+    x = F.interpolate(x[None, None], size=(height, width), mode="bilinear", antialias=True, align_corners=False)
+    x = x[0, 0].clamp(0, 1)
     canvas = torch.zeros(28, 28)
     top, left = (28 - height) // 2, (28 - width) // 2
     canvas[top : top + height, left : left + width] = x

@@ -1,14 +1,16 @@
-"""Show what the model predicts: on random test digits, on the test digits it gets wrong, or on your own photos and scans.
+"""Show what the model predicts: on random test digits, on those it gets wrong, or on your own photos and scans.
 
     python predict.py                       # 16 test digits -> checkpoints/predictions.png
     python predict.py --num 36 --seed 1 --show
     python predict.py --errors [--json]     # the test digits the model gets wrong -> checkpoints/errors.png
     python predict.py --images my_digits/ photo.jpg [--json]
+    python predict.py --draw                # draw a digit with the mouse and watch the model guess
 """
 from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -16,12 +18,12 @@ import torch
 import torch.nn.functional as F
 
 import data
-from lib.checkpoints import load_model
-from lib.cli import ArgumentParser, UserError, add_shared_flags, positive_int, random_seed, run_cli
-from lib.device import pick_device
 from lib import inference
-from lib.inference import EVAL_BATCH_SIZE, evaluate_split
-from lib.plots import check_figure_path, pyplot, save_figure, show_window
+from lib.cli import ArgumentParser, UserError, add_shared_flags, add_weights_flag, positive_int, random_seed, run_cli
+from lib.device import pick_device
+from lib.drawpad import DrawPad
+from lib.inference import EVAL_BATCH_SIZE, evaluate_split, fold_batchnorm, load_models
+from lib.plots import check_figure_path, opens_windows, pyplot, save_figure, show_window
 
 SAMPLES_SHOWN = 16  # --num's default for random test digits
 ERRORS_SHOWN = 64  # and with --errors, a cap: a trained model makes about 30 mistakes, a half-trained one thousands
@@ -31,13 +33,23 @@ USER_IMAGES_DRAWN = 32  # at most, of --images, each beside what the model saw
 
 def parse_args(argv: list[str] | None = None):
     parser = ArgumentParser(description="Plot sample MNIST test digits with the model's predicted labels.")
-    add_shared_flags(parser, "--weights", "--data-dir")
+    add_weights_flag(parser, "its figures are named ensemble_*, in the folder the checkpoints share")
+    add_shared_flags(parser, "--data-dir")
     what = parser.add_mutually_exclusive_group()
-    what.add_argument("--images", nargs="+", metavar="PATH", help="classify these image files / folders instead of test digits")
-    parser.add_argument("--json", action="store_true", help="print the predictions as JSON (the other messages go to stderr)")
+    what.add_argument("--images", nargs="+", metavar="PATH",
+                      help="classify these image files / folders instead of test digits")
+    parser.add_argument("--json", action="store_true",
+                        help="print the predictions as JSON (the other messages go to stderr)")
     what.add_argument("--errors", action="store_true",
-                        help="show the test digits the model gets wrong, most confident mistakes first, instead of random ones")
-    parser.add_argument("--num", type=positive_int, help=f"how many test digits to show (default: {SAMPLES_SHOWN}; with --errors {ERRORS_SHOWN})")
+                      help="show the test digits the model gets wrong, most confident mistakes first, instead of "
+                           "random ones")
+    what.add_argument("--draw", action="store_true",
+                      help="draw digits with the mouse in a window and watch the model guess; on the CPU unless "
+                           "--device says otherwise")
+    parser.add_argument("--save-dir", default="drawings",
+                        help="where --draw's s key saves a drawing, as a PNG named after the predicted digit")
+    parser.add_argument("--num", type=positive_int,
+                        help=f"how many test digits to show (default: {SAMPLES_SHOWN}; with --errors {ERRORS_SHOWN})")
     parser.add_argument("--seed", type=random_seed, default=0, help="which random digits to pick")
     parser.add_argument("--out", help="where to save the figure (default: predictions.png, with --errors errors.png, "
                                       "in the folder of --weights)")
@@ -46,17 +58,23 @@ def parse_args(argv: list[str] | None = None):
     return parser.parse_args(argv)
 
 
-def prediction_records(probabilities: torch.Tensor) -> list[dict]:
-    """Each row of probabilities [N, 10] as {"prediction", "confidence", "top3"}: what --json prints per digit."""
+def prediction_records(probabilities: torch.Tensor, members: int = 1) -> list[dict]:
+    """Each row of probabilities [N, 10] as {"prediction", "confidence", "top3"}: what --json prints per digit.
+
+    An ensemble's records also say how many models voted ("members").
+    """
     top_p, top_k = probabilities.topk(3, dim=1)
-    return [{"prediction": int(k[0]), "confidence": float(p[0]), "top3": [{"digit": int(d), "probability": float(q)} for d, q in zip(k, p)]}
+    voted = {"members": members} if members > 1 else {}
+    return [{"prediction": int(k[0]), "confidence": float(p[0]),
+             "top3": [{"digit": int(d), "probability": float(q)} for d, q in zip(k, p)], **voted}
             for k, p in zip(top_k, top_p)]
 
 
-def records_of_test_digits(indices: torch.Tensor, labels: torch.Tensor, probabilities: torch.Tensor) -> list[dict]:
+def records_of_test_digits(indices: torch.Tensor, labels: torch.Tensor, probabilities: torch.Tensor,
+                           members: int = 1) -> list[dict]:
     """--json's records of test digits: index in the test set, true label, then prediction_records' fields."""
     return [{"test_index": int(i), "label": int(label), **record}
-            for i, label, record in zip(indices, labels, prediction_records(probabilities))]
+            for i, label, record in zip(indices, labels, prediction_records(probabilities, members))]
 
 
 def plot_grid(path: str, images: torch.Tensor, probabilities: torch.Tensor, labels: torch.Tensor | None, show: bool,
@@ -81,7 +99,7 @@ def plot_grid(path: str, images: torch.Tensor, probabilities: torch.Tensor, labe
         if labels is not None:
             title += f"\ntrue {labels[i]}" + (" ✗" if wrong else "")
         ax.set_title(title, fontsize=9, color="crimson" if wrong else "black")
-    fig.suptitle(heading, fontsize=10)  # constrained layout keeps it clear of the top row's titles, as tight_layout did not
+    fig.suptitle(heading, fontsize=10)  # constrained layout keeps it clear of the top row's titles (tight_layout: not)
     save_figure(fig, path, close=not show)
     if show:
         show_window(plt, path)
@@ -148,7 +166,8 @@ def predict_images(model: torch.nn.Module, args) -> None:
     if digits:
         inputs = data.to_model_size(torch.stack(digits))
         probabilities = inference.probabilities(model, inputs, args.amp)
-        results = [{"path": name, **record} for name, record in zip(names, prediction_records(probabilities))]
+        records = prediction_records(probabilities, args.members)
+        results = [{"path": name, **record} for name, record in zip(names, records)]
         if args.json:
             print(json.dumps(results, indent=2))
         else:
@@ -164,7 +183,7 @@ def predict_images(model: torch.nn.Module, args) -> None:
 def show_errors(model: torch.nn.Module, args, device: torch.device) -> None:
     """List and plot the test digits the model gets wrong, the most confident mistakes first.
 
-    The predictions come from model.evaluate_split in test.py's default batches, so these are the mistakes test.py counts.
+    The predictions come from evaluate_split in test.py's default batches, so these are the mistakes test.py counts.
     """
     images, labels = data.load_test(args.data_dir, device)
     result = evaluate_split(model, images, labels, EVAL_BATCH_SIZE, args.amp, desc="test")
@@ -172,26 +191,59 @@ def show_errors(model: torch.nn.Module, args, device: torch.device) -> None:
     confidence, predicted = probabilities.max(1)
     mistakes = (predicted != labels).nonzero().flatten()
     shown = mistakes[confidence[mistakes].argsort(descending=True, stable=True)][: args.num]
-    tell(args, f"{len(mistakes)} of {len(labels):,} test digits predicted wrongly ({100 * (1 - len(mistakes) / len(labels)):.2f}% right)"
+    right = 100 * (1 - len(mistakes) / len(labels))
+    tell(args, f"{len(mistakes)} of {len(labels):,} test digits predicted wrongly ({right:.2f}% right)"
          + (f"; the {len(shown)} most confident:" if len(shown) < len(mistakes) else ""))
     if args.json:
-        print(json.dumps(records_of_test_digits(shown, labels[shown], probabilities[shown]), indent=2))
+        print(json.dumps(records_of_test_digits(shown, labels[shown], probabilities[shown], args.members), indent=2))
     else:
         for index in shown.tolist():
-            print(f"  test image {index:>4}: true {labels[index]}, predicted {predicted[index]} ({100 * confidence[index]:.1f}%)")
+            print(f"  test image {index:>4}: true {labels[index]}, predicted {predicted[index]} "
+                  f"({100 * confidence[index]:.1f}%)")
     if len(shown):
         which = f"the {len(shown)} most confident of the model's" if len(shown) < len(mistakes) else "the model's"
         plot_grid(args.out, images[shown.to(device)].cpu(), probabilities[shown], labels[shown], args.show,
-                  heading=f"{which} {len(mistakes)} mistakes on the MNIST test set, most confident first: predicted (confidence)")
+                  heading=f"{which} {len(mistakes)} mistakes on the MNIST test set, most confident first: "
+                          "predicted (confidence)")
         tell(args, f"figure saved to {args.out}{first_drawn(len(shown))}")
+
+
+def draw(args) -> None:
+    """--draw: the pad, predicting by the batch-norm-folded model test.py evaluates, folded once for speed."""
+    if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        raise UserError("--draw needs a window, and there is no display here ($DISPLAY is not set); to classify "
+                        "image files, use --images")
+    plt = pyplot(interactive=True)
+    if not opens_windows(plt):
+        raise UserError(f"--draw needs a window, and matplotlib's backend {plt.get_backend()} opens none; to classify "
+                        "image files, use --images")
+    device = torch.device("cpu") if args.device == "auto" else pick_device(args.device)  # no GPU start-up wait
+    model, _ = load_models(args.weights, device)
+    folded = fold_batchnorm(model)
+    try:
+        pad = DrawPad(lambda images: inference.probabilities(folded, images, args.amp), Path(args.save_dir), args.json)
+    except Exception as error:  # the display named cannot be opened: Tk's TclError, or another toolkit's
+        raise UserError(f"--draw could not open a window: {str(error).splitlines()[0]}") from None
+    pad.show()
+
+
+def default_figure_path(args) -> str:
+    """Beside the weights it shows; an ensemble's, named ensemble_*, in the folder its members share."""
+    name = "errors.png" if args.errors else "predictions.png"
+    if len(args.weights) == 1:
+        return str(Path(args.weights[0]).parent / name)
+    return str(Path(os.path.commonpath([str(Path(w).parent.absolute()) for w in args.weights])) / f"ensemble_{name}")
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.draw:
+        draw(args)
+        return
     device = pick_device(args.device)
-    model, _ = load_model(args.weights, device)
-    default_name = "errors.png" if args.errors else "predictions.png"
-    args.out = args.out or str(Path(args.weights).parent / default_name)  # beside the weights it shows
+    model, _ = load_models(args.weights, device)
+    args.members = len(args.weights)
+    args.out = args.out or default_figure_path(args)
     check_figure_path(args.out, "--out")
     if args.images:
         predict_images(model, args)
@@ -207,10 +259,11 @@ def main(argv: list[str] | None = None) -> None:
     pick = torch.randperm(len(images), generator=torch.Generator().manual_seed(args.seed))[: args.num]
     probabilities = inference.probabilities(model, images[pick], args.amp)
     if args.json:
-        print(json.dumps(records_of_test_digits(pick, labels[pick], probabilities), indent=2))
+        print(json.dumps(records_of_test_digits(pick, labels[pick], probabilities, args.members), indent=2))
     plot_grid(args.out, images[pick], probabilities, labels[pick], args.show)
     wrong = int((probabilities.argmax(1) != labels[pick]).sum())
-    tell(args, f"{args.num} test digits, {args.num - wrong} predicted correctly; figure saved to {args.out}{first_drawn(args.num)}")
+    tell(args, f"{args.num} test digits, {args.num - wrong} predicted correctly; figure saved to {args.out}"
+               f"{first_drawn(args.num)}")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -14,19 +15,28 @@ from pathlib import Path
 import torch
 
 import data
-from lib.checkpoints import load_model
-from lib.cli import ArgumentParser, add_shared_flags, positive_int, progress, random_seed, run_cli
+from lib.cli import ArgumentParser, add_shared_flags, add_weights_flag, positive_int, progress, random_seed, run_cli
 from lib.device import bf16_supported, keep_freed_memory, pick_device, synchronize
 from lib.files import all_or_none, check_writable_dir, write_json
-from lib.inference import CALIBRATION_IMAGES, EVAL_BATCH_SIZE, evaluate, evaluate_split, int8_model
+from lib.inference import (
+    CALIBRATION_IMAGES,
+    EVAL_BATCH_SIZE,
+    Ensemble,
+    evaluate,
+    evaluate_split,
+    int8_model,
+    load_models,
+)
 from lib.plots import pyplot, save_figure
 
 
 def parse_args(argv: list[str] | None = None):
     parser = ArgumentParser(description="Report test-set accuracy of saved ResNet-18 weights.")
-    add_shared_flags(parser, "--weights", "--data-dir")
+    add_weights_flag(parser, "each member is tested, then the ensemble, whose files are named ensemble_*, so that "
+                             "a model's own are never replaced")
+    add_shared_flags(parser, "--data-dir")
     parser.add_argument("--out-dir", help="where test_report.json and confusion_matrix.png go (default: the folder of "
-                                          "--weights)")
+                                          "--weights, or the folder several --weights share)")
     add_shared_flags(parser, "--device")
     parser.add_argument("--batch-size", type=positive_int, default=EVAL_BATCH_SIZE, help="images per forward pass")
     add_shared_flags(parser, "--no-amp")
@@ -35,12 +45,14 @@ def parse_args(argv: list[str] | None = None):
                              "training images (about twice as fast as bf16, predictions within a few images of fp32)")
     parser.add_argument("--robustness", action="store_true",
                         help="also measure accuracy under corruptions (rotation, noise, ...)")
-    parser.add_argument("--robustness-images", type=positive_int, default=10000, help="test images used for --robustness")
+    parser.add_argument("--robustness-images", type=positive_int, default=10000,
+                        help="test images used for --robustness")
     parser.add_argument("--seed", type=random_seed, default=0, help="seed of the random corruptions")
     return parser.parse_args(argv)
 
 
-def _affine(n: int, generator: torch.Generator, angle_deg: float = 0, shear: float = 0, zoom: float = 1, shift_px: float = 0) -> torch.Tensor:
+def _affine(n: int, generator: torch.Generator, angle_deg: float = 0, shear: float = 0, zoom: float = 1,
+            shift_px: float = 0) -> torch.Tensor:
     """Affine matrices [n, 2, 3] (output -> input grid) with a random sign/direction per image."""
     sign = torch.randint(0, 2, (n,), generator=generator).float() * 2 - 1
     direction = torch.rand(n, generator=generator) * 2 * math.pi
@@ -86,7 +98,7 @@ CORRUPTIONS = {  # name: severities, mild to harsh (units: degrees, shear factor
 }
 
 
-def robustness_report(model, images, labels, args, out_dir: Path) -> dict:
+def robustness_report(model, images, labels, args, out_dir: Path, prefix: str = "") -> dict:
     """Accuracy under each corruption and severity; deterministic given --seed."""
     images, labels = images[: args.robustness_images], labels[: args.robustness_images]
     clean = evaluate(model, data.batches(images, labels, args.batch_size), args.amp)["accuracy"]
@@ -108,10 +120,11 @@ def robustness_report(model, images, labels, args, out_dir: Path) -> dict:
         bar.write(f"{name:<16} {cells}", file=sys.stdout)
         sys.stdout.flush()  # rows show as they come in a log too
     bar.close()
+    report_path, figure_path = out_dir / f"{prefix}robustness.json", out_dir / f"{prefix}robustness.png"
     with all_or_none() as stage:
-        write_json(stage(out_dir / "robustness.json"), results)
-        plot_robustness(stage(out_dir / "robustness.png"), results)
-    print(f"wrote {out_dir / 'robustness.json'} and {out_dir / 'robustness.png'}")
+        write_json(stage(report_path), results)
+        plot_robustness(stage(figure_path), results)
+    print(f"wrote {report_path} and {figure_path}")
     return results
 
 
@@ -137,7 +150,8 @@ def per_class_scores(confusion: torch.Tensor) -> list[dict]:
     recall = true_positive / actual.clamp(min=1)
     f1 = 2 * precision * recall / (precision + recall).clamp(min=1e-12)
     return [
-        {"class": c, "precision": precision[c].item(), "recall": recall[c].item(), "f1": f1[c].item(), "support": int(actual[c])}
+        {"class": c, "precision": precision[c].item(), "recall": recall[c].item(), "f1": f1[c].item(),
+         "support": int(actual[c])}
         for c in range(len(confusion))
     ]
 
@@ -162,17 +176,56 @@ def plot_confusion(path: Path, confusion: torch.Tensor, accuracy: float) -> None
     save_figure(fig, path)
 
 
+def report_folder(args) -> tuple[Path, str]:
+    """Where the reports go, and how to name that folder in a refusal: --out-dir, else beside the weights.
+
+    An ensemble's reports go to the folder its members share (runs/seeds/ for runs/seeds/seed*/best.pt).
+    """
+    if args.out_dir:
+        return Path(args.out_dir), f"--out-dir {args.out_dir}"
+    if len(args.weights) == 1:
+        folder = Path(args.weights[0]).parent  # a report lies beside the weights it is about
+        return folder, f"{folder} (the folder of --weights, where the report goes without --out-dir)"
+    folder = Path(os.path.commonpath([str(Path(w).parent.absolute()) for w in args.weights]))
+    return folder, f"{folder} (the folder the --weights share, where the report goes without --out-dir)"
+
+
+def weights_line(args, checkpoints: list[dict]) -> str:
+    if len(checkpoints) > 1:
+        return f"weights: an ensemble of {len(checkpoints)} models, the mean of their probabilities"
+    val_acc = checkpoints[0].get("metrics", {}).get("val_acc")
+    chosen = f", validation accuracy {100 * val_acc:.2f}%" if isinstance(val_acc, float) else ""
+    return f"weights: {args.weights[0]} (epoch {checkpoints[0].get('epoch', '?')}{chosen})"
+
+
+def evaluate_members(ensemble: Ensemble, images, labels, args, checkpoints: list[dict]) -> list[dict]:
+    """Each member's test accuracy and loss, printed as a table and returned for the report."""
+    rows = []
+    for path, member, checkpoint in zip(args.weights, ensemble.members, checkpoints):
+        result = evaluate_split(member, images, labels, args.batch_size, args.amp, desc=f"test {path}")
+        rows.append({"weights": path, "epoch": checkpoint.get("epoch"), "accuracy": result["accuracy"],
+                     "loss": result["loss"]})
+    width = max(len(row["weights"]) for row in rows)
+    print(f"{'member':<{width}}  epoch  test acc  test loss")
+    for row in rows:
+        print(f"{row['weights']:<{width}}  {row['epoch'] if row['epoch'] is not None else '?':>5}  "
+              f"{100 * row['accuracy']:7.2f}%  {row['loss']:9.4f}")
+    print()
+    return rows
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     device = pick_device(args.device)
     keep_freed_memory()
-    out_dir = Path(args.out_dir or Path(args.weights).parent)  # a report lies beside the weights it is about
-    model, checkpoint = load_model(args.weights, device)
-    where = f"--out-dir {out_dir}" if args.out_dir else f"{out_dir} (the folder of --weights, where the report goes without --out-dir)"
+    out_dir, where = report_folder(args)
+    model, checkpoints = load_models(args.weights, device)
     check_writable_dir(out_dir, where)
     if args.int8:  # before the test images are loaded, so that --int8 off the CPU is refused at once
         model = int8_model(model, args.data_dir, args.batch_size, device)
     images, labels = data.load_test(args.data_dir, device)
+    members = evaluate_members(model, images, labels, args, checkpoints) if isinstance(model, Ensemble) else None
+    prefix = "ensemble_" if members else ""  # an ensemble's files never replace one of its members' own
 
     synchronize(device)
     started = time.perf_counter()
@@ -187,27 +240,28 @@ def main(argv: list[str] | None = None) -> None:
     errors = int((predictions != truth).sum())
     precision = "int8" if args.int8 else "bf16 autocast" if args.amp and bf16_supported(device) else "fp32"
 
-    val_acc = checkpoint.get("metrics", {}).get("val_acc")
-    chosen = f", validation accuracy {100 * val_acc:.2f}%" if isinstance(val_acc, float) else ""
-    print(f"weights: {args.weights} (epoch {checkpoint.get('epoch', '?')}{chosen})")
-    print(f"test accuracy: {100 * result['accuracy']:.2f}% ({result['count'] - errors}/{result['count']}, {errors} errors)")
+    print(weights_line(args, checkpoints))
+    print(f"test accuracy: {100 * result['accuracy']:.2f}% ({result['count'] - errors}/{result['count']}, "
+          f"{errors} errors)")
     print(f"test loss: {result['loss']:.4f}")
     print(f"evaluated on {device} ({precision}) in {seconds:.1f}s, {result['count'] / seconds:,.0f} images/s")
     print("\nclass  precision  recall     f1  support")
     for row in classes:
-        print(f"{row['class']:>5}  {100 * row['precision']:8.2f}%  {100 * row['recall']:5.2f}%  {100 * row['f1']:5.2f}%  {row['support']:>7}")
+        print(f"{row['class']:>5}  {100 * row['precision']:8.2f}%  {100 * row['recall']:5.2f}%  "
+              f"{100 * row['f1']:5.2f}%  {row['support']:>7}")
 
-    report = {
-        "weights": str(args.weights), "epoch": checkpoint.get("epoch"), "accuracy": result["accuracy"], "loss": result["loss"],
-        "errors": errors, "count": result["count"], "device": str(device), "precision": precision, "seconds": seconds,
-        "per_class": classes, "confusion_matrix": confusion.tolist(),
-    }
+    report = ({"weights": args.weights[0], "epoch": checkpoints[0].get("epoch")} if members is None
+              else {"weights": args.weights, "members": members})
+    report |= {"accuracy": result["accuracy"], "loss": result["loss"], "errors": errors, "count": result["count"],
+               "device": str(device), "precision": precision, "seconds": seconds, "per_class": classes,
+               "confusion_matrix": confusion.tolist()}
+    report_path, figure_path = out_dir / f"{prefix}test_report.json", out_dir / f"{prefix}confusion_matrix.png"
     with all_or_none() as stage:  # never a new report beside the confusion matrix of other weights
-        write_json(stage(out_dir / "test_report.json"), report)
-        plot_confusion(stage(out_dir / "confusion_matrix.png"), confusion, result["accuracy"])
-    print(f"\nwrote {out_dir / 'test_report.json'} and {out_dir / 'confusion_matrix.png'}")
+        write_json(stage(report_path), report)
+        plot_confusion(stage(figure_path), confusion, result["accuracy"])
+    print(f"\nwrote {report_path} and {figure_path}")
     if args.robustness:
-        robustness_report(model, images, labels, args, out_dir)
+        robustness_report(model, images, labels, args, out_dir, prefix)
 
 
 if __name__ == "__main__":

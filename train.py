@@ -26,11 +26,27 @@ import torch
 import data
 from lib import training
 from lib.checkpoints import RunFolder
-from lib.cli import (ArgumentParser, UserError, add_shared_flags, float_between, non_negative_int, positive_float,
-                     positive_int, progress, random_seed, run_cli)
+from lib.cli import (
+    ArgumentParser,
+    UserError,
+    add_shared_flags,
+    float_between,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    progress,
+    random_seed,
+    run_cli,
+)
 from lib.device import bf16_supported, keep_freed_memory, pick_device, synchronize
-from lib.distributed import (all_reduce_sum, any_rank, average_batchnorm_statistics, leave, setup_distributed,
-                             wrap_for_ddp)
+from lib.distributed import (
+    all_reduce_sum,
+    any_rank,
+    average_batchnorm_statistics,
+    leave,
+    setup_distributed,
+    wrap_for_ddp,
+)
 from lib.inference import EVAL_BATCH_SIZE, evaluate_split
 from lib.training import StopRequest, current_lr, default_batch_size, one_cycle_schedule, sgd, training_step
 from model import ResNet18, to_device, unwrap
@@ -68,7 +84,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_shared_flags(dataset, "--data-dir")
     dataset.add_argument("--val-size", type=non_negative_int, default=5000,
                          help="training images held out to pick best.pt (0: train on all)")
-    dataset.add_argument("--subset", type=positive_int, help="train on only the first N training images, for quick runs")
+    dataset.add_argument("--subset", type=positive_int,
+                         help="train on only the first N training images, for quick runs")
     dataset.add_argument("--test-each-epoch", action="store_true",
                          help="also record test-set accuracy after every epoch, for learning curves; best.pt is still "
                               "chosen on validation")
@@ -119,7 +136,9 @@ def flag_words(name: str, value) -> list[str]:
     A switch is --X where it is off by default (--compile), --no-X where on (--no-cuda-graphs).
     """
     option = name.replace("_", "-")
-    return ([f"--{option}"] if value else [f"--no-{option}"]) if isinstance(value, bool) else [f"--{option}", str(value)]
+    if isinstance(value, bool):
+        return [f"--{option}"] if value else [f"--no-{option}"]
+    return [f"--{option}", str(value)]
 
 
 def adopt_saved_recipe(args: argparse.Namespace, saved: dict, last_pt: Path) -> None:

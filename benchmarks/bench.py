@@ -29,8 +29,7 @@ import data  # noqa: E402
 from lib.cli import ArgumentParser, add_shared_flags, positive_float, positive_int, progress, run_cli  # noqa: E402
 from lib.device import bf16_supported, keep_freed_memory, pick_device, synchronize  # noqa: E402
 from lib.inference import EVAL_BATCH_SIZE, fold_batchnorm, predict_logits, quantize_int8  # noqa: E402
-from lib.training import (compile_training_step, default_batch_size, graph_training_step, sgd,  # noqa: E402
-                          training_step)
+from lib.training import compile_training_step, default_batch_size, graph_training_step, sgd, training_step  # noqa: E402
 from model import ResNet18, to_device  # noqa: E402
 
 TRAIN_GFLOP, FORWARD_GFLOP = 3.32, 1.11  # per 32x32 image, counted with torch.utils.flop_counter.FlopCounterMode
@@ -41,13 +40,18 @@ def parse_args(argv=None):
     add_shared_flags(parser, "--device", "--data-dir")
     parser.add_argument("--steps", type=positive_int, default=50, help="timed steps per measurement")
     parser.add_argument("--warmup", type=positive_int, default=10, help="untimed steps first")
-    parser.add_argument("--batch-size", type=positive_int, help="our training batch size (default: train.py's on this device)")
-    parser.add_argument("--eval-batch-size", type=positive_int, default=EVAL_BATCH_SIZE, help="our evaluation batch size")
+    parser.add_argument("--batch-size", type=positive_int,
+                        help="our training batch size (default: train.py's on this device)")
+    parser.add_argument("--eval-batch-size", type=positive_int, default=EVAL_BATCH_SIZE,
+                        help="our evaluation batch size")
     parser.add_argument("--peer-batch-size", type=positive_int, default=128, help="the peer pipeline's batch size")
-    parser.add_argument("--profile", action="store_true", help="also print where our steps' time goes, kernel by kernel")
+    parser.add_argument("--profile", action="store_true",
+                        help="also print where our steps' time goes, kernel by kernel")
     parser.add_argument("--compile", action="store_true",
-                        help="also time our training step under torch.compile (mode reduce-overhead), first step (compiling) reported apart")
-    parser.add_argument("--peak-tflops", type=positive_float, default=800.0, help="the GPU's bf16 matrix peak, for the ceiling column")
+                        help="also time our training step under torch.compile (mode reduce-overhead), first step "
+                             "(compiling) reported apart")
+    parser.add_argument("--peak-tflops", type=positive_float, default=800.0,
+                        help="the GPU's bf16 matrix peak, for the ceiling column")
     return parser.parse_args(argv)
 
 
@@ -57,7 +61,8 @@ def peer_batches(data_dir, train: bool, batch_size: int, device: torch.device):
     from torchvision import transforms
 
     data.load_split(data_dir, train)  # the same checks and one-line errors as ours
-    transform = transforms.Compose([transforms.Resize(32), transforms.ToTensor(), transforms.Normalize((data.MEAN,), (data.STD,))])
+    transform = transforms.Compose([transforms.Resize(32), transforms.ToTensor(),
+                                    transforms.Normalize((data.MEAN,), (data.STD,))])
     dataset = torchvision.datasets.MNIST(data.resolve_data_dir(data_dir), train=train, transform=transform)
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=train, drop_last=True,
                                          num_workers=min(4, os.cpu_count() or 1), pin_memory=device.type == "cuda",
@@ -68,11 +73,14 @@ def peer_batches(data_dir, train: bool, batch_size: int, device: torch.device):
 
 
 def our_batches(images, labels, batch_size: int, augment: bool):
-    """Full batches only, so that one captured graph serves every step (train.py captures a second for the short last batch)."""
+    """Full batches only, so that one captured graph serves every step.
+
+    train.py captures a second graph for an epoch's shorter last batch.
+    """
     epoch = 0
     while True:
-        yield from (batch for batch in data.batches(images, labels, batch_size, shuffle=augment, augment=augment, epoch=epoch)
-                    if len(batch[1]) == batch_size)
+        batches = data.batches(images, labels, batch_size, shuffle=augment, augment=augment, epoch=epoch)
+        yield from (batch for batch in batches if len(batch[1]) == batch_size)
         epoch += 1
 
 
@@ -109,7 +117,9 @@ def print_profile(title: str, step, batches, device: torch.device, steps: int = 
 
 def measure(device, batches_train, batches_eval, ours: bool, args, graphs: bool = False, compiled: bool = False,
             profile: bool = False) -> tuple[float, float | None]:
-    """(train, eval) images/s; `ours` is train.py's settings (bf16, channels_last, fused SGD, folded BN), else the peer's.
+    """(train, eval) images/s, by train.py's settings where `ours`, else by the peer's.
+
+    Ours: bf16, channels_last, fused SGD, train.py's training step and test.py's folded evaluation.
 
     `compiled` times training alone (eval None): its first step, the compiling one, is timed and printed apart.
     """
@@ -161,7 +171,8 @@ def measure_int8_evaluation(batches_train, batches_eval, args) -> float:
     def eval_step(x, y):
         quantized(x).argmax(1)
 
-    return images_per_second(eval_step, batches_eval, args.steps, args.warmup, torch.device("cpu"), "ours: int8 evaluation")
+    cpu = torch.device("cpu")
+    return images_per_second(eval_step, batches_eval, args.steps, args.warmup, cpu, "ours: int8 evaluation")
 
 
 def main(argv=None) -> None:
@@ -180,13 +191,14 @@ def main(argv=None) -> None:
 
     def measure_ours(graphs: bool = False, compiled: bool = False, profile: bool = False) -> tuple[float, float | None]:
         return measure(device, our_batches(train_x, train_y, args.batch_size, augment=True),
-                       our_batches(test_x, test_y, args.eval_batch_size, augment=False), ours=True, args=args, graphs=graphs,
-                       compiled=compiled, profile=profile)
+                       our_batches(test_x, test_y, args.eval_batch_size, augment=False), ours=True, args=args,
+                       graphs=graphs, compiled=compiled, profile=profile)
 
     on_gpu = device.type == "cuda"
     precision = "bf16 autocast" if bf16_supported(device) else "fp32 (no fast bf16 here)"
     rows = [(f"peer: PIL DataLoader, fp32, NCHW, batch {args.peer_batch_size}", *peer),
-            (f"ours: on-device, {precision}, channels_last, batch {args.batch_size}{', eager' if on_gpu else ''}", *measure_ours(profile=args.profile))]
+            (f"ours: on-device, {precision}, channels_last, batch {args.batch_size}{', eager' if on_gpu else ''}",
+             *measure_ours(profile=args.profile))]
     if on_gpu:  # train.py's default there
         rows.append(("ours + CUDA graphs", *measure_ours(graphs=True)))
     ours = rows[-1]
@@ -197,12 +209,14 @@ def main(argv=None) -> None:
                                        our_batches(test_x, test_y, args.eval_batch_size, augment=False), args)
         rows.append(("ours: int8 evaluation (test.py --int8)", None, int8))
     # A FLOP ceiling only on the GPU, where --peak-tflops describes the device.
-    print(f"\n| pipeline | train images/s | eval images/s |{' train % of FLOP ceiling | eval % of FLOP ceiling |' if on_gpu else ''}")
+    ceiling_columns = " train % of FLOP ceiling | eval % of FLOP ceiling |" if on_gpu else ""
+    print(f"\n| pipeline | train images/s | eval images/s |{ceiling_columns}")
     print(f"| --- | ---: | ---: |{' ---: | ---: |' if on_gpu else ''}")
     for label, train, evaluate in rows:
         ceiling = "".join("  |" if rate is None else f" {100 * rate * gflop / (args.peak_tflops * 1e3):.1f}% |"
                           for rate, gflop in ((train, TRAIN_GFLOP), (evaluate, FORWARD_GFLOP))) if on_gpu else ""
-        print(f"| {label} | {'' if train is None else f'{train:,.0f}'} | {'' if evaluate is None else f'{evaluate:,.0f}'} |{ceiling}")
+        rates = " | ".join("" if rate is None else f"{rate:,.0f}" for rate in (train, evaluate))
+        print(f"| {label} | {rates} |{ceiling}")
     print(f"| ratio ours / peer | {ours[1] / peer[0]:.2f}x | {ours[2] / peer[1]:.2f}x |{' | |' if on_gpu else ''}")
     if device.type == "cpu":
         print(f"| ratio int8 / peer | | {int8 / peer[1]:.2f}x |")

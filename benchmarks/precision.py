@@ -9,7 +9,6 @@ import sys
 import time
 from pathlib import Path
 
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import data  # noqa: E402
 from lib.checkpoints import load_model  # noqa: E402
@@ -19,7 +18,8 @@ from lib.inference import EVAL_BATCH_SIZE, evaluate, int8_model  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None):
-    parser = ArgumentParser(description="Test-set predictions of one checkpoint in fp32, bf16 autocast and int8 (CPU), compared.")
+    parser = ArgumentParser(description="Test-set predictions of one checkpoint in fp32, bf16 autocast and int8 (CPU), "
+                                        "compared.")
     add_shared_flags(parser, "--weights", "--data-dir", "--device")
     parser.add_argument("--batch-size", type=positive_int, default=EVAL_BATCH_SIZE, help="images per forward pass")
     parser.add_argument("--limit", type=positive_int, help="use only the first N test images")
@@ -39,7 +39,8 @@ def main(argv: list[str] | None = None) -> dict:
     if device.type == "cpu":
         variants["int8"] = (int8_model(model, args.data_dir, args.batch_size, device), False)
     if len(variants) == 1:
-        raise UserError(f"{device} has neither bf16 in hardware nor int8 kernels, so everything runs in fp32; nothing to compare")
+        raise UserError(f"{device} has neither bf16 in hardware nor int8 kernels, so everything runs in fp32; nothing "
+                        "to compare")
 
     results = {}
     for name, (variant, amp) in variants.items():
@@ -57,8 +58,10 @@ def main(argv: list[str] | None = None) -> dict:
     for name, (predictions, accuracy, seconds) in results.items():
         mismatch = predictions != fp32
         differ[name] = int(mismatch.sum())
-        split = f" ({int((mismatch & (fp32 == labels)).sum())} / {int((mismatch & (predictions == labels)).sum())})" if name != "fp32" else ""
-        print(f"| {name} | {100 * accuracy:.2f}% | {int((predictions != labels).sum())} | {seconds:.1f} | {differ[name]}{split} |")
+        fp32_right = int((mismatch & (fp32 == labels)).sum())
+        split = f" ({fp32_right} / {int((mismatch & (predictions == labels)).sum())})" if name != "fp32" else ""
+        errors = int((predictions != labels).sum())
+        print(f"| {name} | {100 * accuracy:.2f}% | {errors} | {seconds:.1f} | {differ[name]}{split} |")
     return {"differ": differ, "count": len(labels)}
 
 

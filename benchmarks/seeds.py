@@ -33,22 +33,27 @@ from lib.files import all_or_none, check_writable_dir, write_json  # noqa: E402
 from lib.plots import pyplot, save_figure  # noqa: E402
 
 OWN_FLAGS = ("--seed", "--out-dir", "--test-each-epoch")  # set per seed by this script
-RUN_RECORD = "seeds_run.json"  # in each seed's folder: its train.py flags, whether training finished, and how long it took
+# In each seed's folder: its train.py flags, whether training finished, and how long it took.
+RUN_RECORD = "seeds_run.json"
 
 
 def parse_args(argv: list[str] | None = None):
     argv = sys.argv[1:] if argv is None else argv
     own, train_args = (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if "--" in argv else (argv, [])
-    parser = ArgumentParser(description="Train and test one run per seed; print the spread of test accuracy and the time to a target.",
+    parser = ArgumentParser(description="Train and test one run per seed; print the spread of test accuracy, the time "
+                                        "to a target, and the accuracy of ensembles of the seeds.",
                             epilog="Flags after -- go to train.py, e.g. -- --epochs 20 --batch-size 1024.")
-    parser.add_argument("--seeds", type=random_seed, nargs="+", default=[0, 1, 2], help="one run per seed, one after another")
-    parser.add_argument("--out-dir", default="runs", help="each seed's run goes to OUT_DIR/seedN, the summary to OUT_DIR/summary.md")
+    parser.add_argument("--seeds", type=random_seed, nargs="+", default=[0, 1, 2],
+                        help="one run per seed, one after another")
+    parser.add_argument("--out-dir", default="runs",
+                        help="each seed's run goes to OUT_DIR/seedN, the summary to OUT_DIR/summary.md")
     parser.add_argument("--target", type=float, default=99.5, help="test accuracy (%%) whose time to reach is reported")
     add_shared_flags(parser, "--data-dir", "--device")
     args = parser.parse_args(own)
     clashes = [flag for flag in train_args if flag.split("=")[0] in OWN_FLAGS]
     if clashes:
-        raise UserError(f"{', '.join(clashes)} after -- is set by this script for each seed; use --seeds / --out-dir instead")
+        raise UserError(f"{', '.join(clashes)} after -- is set by this script for each seed; use --seeds / --out-dir "
+                        "instead")
     args.train_args = train_args
     return args
 
@@ -73,13 +78,15 @@ def run_seed(seed: int, run_dir: Path, args) -> float | None:
     Returns train.py's wall-clock seconds, or None where its training was interrupted and resumed (no one number).
     """
     common = ["--device", args.device] + (["--data-dir", args.data_dir] if args.data_dir else [])
-    train = [sys.executable, str(ROOT / "train.py"), "--seed", str(seed), "--test-each-epoch", "--out-dir", str(run_dir), *common]
-    test = [sys.executable, str(ROOT / "test.py"), "--weights", str(run_dir / "best.pt"), *common]  # reports go beside it
+    train = [sys.executable, str(ROOT / "train.py"), "--seed", str(seed), "--test-each-epoch", "--out-dir",
+             str(run_dir), *common]
+    test = [sys.executable, str(ROOT / "test.py"), "--weights", str(run_dir / "best.pt"), *common]  # reports beside it
     record_path = run_dir / RUN_RECORD
     record = json.loads(record_path.read_text()) if record_path.exists() else None
     started_before = (run_dir / "last.pt").exists()
     if started_before and (record is None or record["train_args"] != args.train_args):
-        what = "a run this script did not start" if record is None else f"a run of train.py flags {' '.join(record['train_args']) or '(defaults)'}"
+        flags = "" if record is None else " ".join(record["train_args"]) or "(defaults)"
+        what = "a run this script did not start" if record is None else f"a run of train.py flags {flags}"
         raise UserError(f"{run_dir} holds {what}; choose another --out-dir or remove {run_dir}")
     if record is None or not record["trained"]:
         # Resuming, train.py takes the recipe from last.pt (the same flags, checked above) but how to run (--compile,
@@ -113,7 +120,8 @@ def read_run(run_dir: Path) -> tuple[list[dict], dict]:
 
 def summarise(runs: dict[int, Path], wall_seconds: dict[int, float | None], target: float) -> str:
     """The Markdown summary of finished runs: {seed: run folder with metrics.csv and test_report.json}."""
-    lines = [f"| seed | train.py wall s | training s | chosen epoch | val acc | test acc | training s to {target}% test |",
+    lines = [f"| seed | train.py wall s | training s | chosen epoch | val acc | test acc | training s to {target}% "
+             "test |",
              "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     tests, per_epoch = [], {}
     for seed, run_dir in runs.items():
@@ -132,23 +140,51 @@ def summarise(runs: dict[int, Path], wall_seconds: dict[int, float | None], targ
     lines += ["", "(train.py wall s: the whole command, start-up, data loading and the per-epoch test passes included, "
                   "\"resumed\" where it was interrupted and continued; training s: the sum of metrics.csv's `seconds`, "
                   "training and validation.)",
-              "", f"**test accuracy over {len(tests)} seed{'s' if len(tests) > 1 else ''}: min {percent(min(tests))}, mean {percent(statistics.mean(tests))}, "
-                  f"max {percent(max(tests))}** (best.pt of each, chosen on validation)", "",
+              "", f"**test accuracy over {len(tests)} seed{'s' if len(tests) > 1 else ''}: min {percent(min(tests))}, "
+                  f"mean {percent(statistics.mean(tests))}, max {percent(max(tests))}** (best.pt of each, chosen on "
+                  "validation)", "",
               "| epoch | mean test acc | min | max | mean training s so far |", "| ---: | ---: | ---: | ---: | ---: |"]
     for epoch, values in sorted(per_epoch.items()):
         accuracies = [acc for acc, _ in values]
-        lines.append(f"| {epoch} | {percent(statistics.mean(accuracies))} | {percent(min(accuracies))} | {percent(max(accuracies))} | "
-                     f"{statistics.mean(s for _, s in values):.1f} |")
+        lines.append(f"| {epoch} | {percent(statistics.mean(accuracies))} | {percent(min(accuracies))} | "
+                     f"{percent(max(accuracies))} | {statistics.mean(s for _, s in values):.1f} |")
     return "\n".join(lines) + "\n"
 
 
-def plot_seeds(path: Path, runs: dict[int, Path], target: float) -> None:
+def ensemble_accuracies(runs: dict[int, Path], args) -> list[float]:
+    """Test accuracy of the ensemble of the first 1, 2, ... seeds' best.pt, in --seeds order.
+
+    Each member's logits are computed once, as test.py computes them, and combined as lib.inference.Ensemble does.
+    """
+    import data
+    from lib.device import pick_device
+    from lib.inference import Ensemble, evaluate_split, load_models
+
+    device = pick_device(args.device)
+    images, labels = data.load_test(args.data_dir, device)
+    logits = []
+    for seed, run_dir in runs.items():
+        model, _ = load_models([str(run_dir / "best.pt")], device)
+        logits.append(evaluate_split(model, images, labels, desc=f"seed {seed}")["logits"])
+    return [(Ensemble.combine(logits[:size]).argmax(1) == labels).float().mean().item()
+            for size in range(1, len(logits) + 1)]
+
+
+def ensemble_table(runs: dict[int, Path], accuracies: list[float]) -> str:
+    lines = ["| models in the ensemble | seeds | test acc |", "| ---: | --- | ---: |"]
+    seeds = list(runs)
+    for size, accuracy in enumerate(accuracies, start=1):
+        lines.append(f"| {size} | {' '.join(map(str, seeds[:size]))} | {percent(accuracy)} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_seeds(path: Path, runs: dict[int, Path], target: float, ensemble: list[float]) -> None:
     """Each seed's test error after every epoch, against epochs and against training seconds, the epoch of its best.pt
     starred. A log scale, so that 0.3% and 3% are both readable; the target is the dashed line."""
     from matplotlib import ticker
 
     plt = pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    fig, (*axes, ax_ensemble) = plt.subplots(1, 3, figsize=(16, 4.2), sharey=True)
     for seed, run_dir in runs.items():
         history, report = read_run(run_dir)
         errors = [100 * (1 - float(row["test_acc"])) for row in history]
@@ -166,7 +202,13 @@ def plot_seeds(path: Path, runs: dict[int, Path], target: float) -> None:
     axes[0].xaxis.get_major_locator().set_params(integer=True)
     axes[0].set(ylabel="test error (%)")
     axes[0].legend(title="seed: test accuracy of best.pt")
-    fig.suptitle("Test error after each epoch; * the epoch of best.pt, chosen on validation")
+    sizes = range(1, len(ensemble) + 1)
+    ax_ensemble.plot(sizes, [100 * (1 - accuracy) for accuracy in ensemble], "o-", color="black")
+    ax_ensemble.axhline(100 - target, color="black", linestyle="--", linewidth=1)
+    ax_ensemble.set(xlabel="models in the ensemble (the first seeds, probabilities averaged)", xticks=list(sizes))
+    ax_ensemble.grid(alpha=0.3, which="both")
+    fig.suptitle("Test error after each epoch (* the epoch of best.pt, chosen on validation); right: ensembles of the "
+                 "first seeds' best.pt")
     fig.tight_layout()
     save_figure(fig, path)
 
@@ -177,10 +219,12 @@ def main(argv: list[str] | None = None) -> None:
     check_writable_dir(out_dir, f"--out-dir {out_dir}")  # before hours of training, not when the summary is written
     runs = {seed: out_dir / f"seed{seed}" for seed in args.seeds}
     wall_seconds = {seed: run_seed(seed, run_dir, args) for seed, run_dir in runs.items()}
-    summary = summarise(runs, wall_seconds, args.target)
+    ensemble = ensemble_accuracies(runs, args)
+    summary = summarise(runs, wall_seconds, args.target) + "\n" + ensemble_table(runs, ensemble)
     with all_or_none() as stage:
-        stage(out_dir / "summary.md").write_text(f"train.py flags: {' '.join(args.train_args) or '(defaults)'}\n\n{summary}")
-        plot_seeds(stage(out_dir / "seeds.png"), runs, args.target)
+        flags = " ".join(args.train_args) or "(defaults)"
+        stage(out_dir / "summary.md").write_text(f"train.py flags: {flags}\n\n{summary}")
+        plot_seeds(stage(out_dir / "seeds.png"), runs, args.target, ensemble)
     print(f"\n{summary}\nwrote {out_dir / 'summary.md'} and {out_dir / 'seeds.png'}")
 
 

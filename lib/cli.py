@@ -43,7 +43,7 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Shows an option's default where it says something: "(default: True)" on a --no-X switch would read backwards."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
-        if action.default is None or isinstance(action.default, bool):
+        if action.default is None or isinstance(action.default, (bool, list)):
             return action.help or ""
         return super()._get_help_string(action)
 
@@ -66,7 +66,8 @@ def progress(iterable: Iterable | None = None, *, show: bool = True, **options) 
 # The flags several scripts take, defined once so that they mean the same everywhere.
 SHARED_FLAGS = {
     "--weights": dict(default="checkpoints/best.pt", help="checkpoint written by train.py"),
-    "--data-dir": dict(help="folder containing MNIST/raw (default: $MNIST_DATA_DIR, else ./data; downloaded if missing)"),
+    "--data-dir": dict(help="folder containing MNIST/raw (default: $MNIST_DATA_DIR, else ./data; downloaded if "
+                            "missing)"),
     "--device": dict(default="auto", help="auto, cpu, cuda or mps"),
     "--no-amp": dict(dest="amp", action="store_false", help="run in fp32 instead of bf16 autocast"),
 }
@@ -76,6 +77,14 @@ def add_shared_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup, 
     """Add the named SHARED_FLAGS to `parser` (or to one of its argument groups)."""
     for flag in flags:
         parser.add_argument(flag, **SHARED_FLAGS[flag])
+
+
+def add_weights_flag(parser: argparse.ArgumentParser, ensemble_outputs: str) -> None:
+    """--weights taking one checkpoint, or several, which make an ensemble; `ensemble_outputs` says where its go."""
+    default = SHARED_FLAGS["--weights"]["default"]
+    parser.add_argument("--weights", nargs="+", default=[default], metavar="PATH",
+                        help=f"checkpoint written by train.py (default: {default}); several "
+                             f"make an ensemble, the mean of their probabilities: {ensemble_outputs}")
 
 
 def positive_int(text: str) -> int:

@@ -49,7 +49,8 @@ def wrap_for_ddp(model: torch.nn.Module, device: torch.device, sync_bn: bool) ->
     """`model` under DistributedDataParallel, its batch norms synchronised across ranks if asked."""
     if sync_bn:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    return torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    device_ids = [device.index] if device.type == "cuda" else None
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
 
 
 def leave() -> None:

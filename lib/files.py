@@ -90,7 +90,7 @@ _claimed: dict[Path, int] = {}  # folder -> the open descriptor whose lock this 
 
 
 def claim_folder(folder: str | Path, refusal: str) -> None:
-    """Refuse to go on (UserError(refusal)) while another process has claimed `folder`, creating it if need be.
+    """Raise UserError with `refusal` while another process has claimed `folder`, creating the folder if need be.
 
     Two runs saving into one folder would mix their files. The claim is an advisory lock on the folder itself
     (flock), so nothing is left behind, and the system drops it whenever the process ends, SIGKILL included. Where

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch.fx.experimental.optimization import fuse as fuse_conv_bn
 
 import data
+from lib.checkpoints import load_model
 from lib.cli import UserError, progress
 from lib.device import autocast
 from model import unwrap
@@ -58,15 +59,52 @@ def quantize_int8(model: nn.Module, calibration_images: Iterable[torch.Tensor]) 
         return convert_fx(observed)
 
 
+class Ensemble(nn.Module):
+    """Several trained models as one: the mean of their softmax probabilities.
+
+    Its output is the log of that mean, so that whatever takes a model's logits (argmax, softmax, cross-entropy)
+    gets the ensemble's prediction, probabilities and loss from it, by the same code as for one model.
+    """
+
+    def __init__(self, members: list[nn.Module]):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    @staticmethod
+    def combine(logits: list[torch.Tensor]) -> torch.Tensor:
+        """The ensemble's output from its members' logits: the log of their mean softmax probabilities."""
+        return torch.stack([member_logits.float().softmax(1) for member_logits in logits]).mean(0).log()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.combine([member(x) for member in self.members])
+
+
+def load_models(paths: list[str], device: torch.device) -> tuple[nn.Module, list[dict]]:
+    """The model of one checkpoint, or the Ensemble of several, in eval mode; and the checkpoints.
+
+    Each is checked as load_model checks one, so a bad member is refused in one line that names it.
+    """
+    loaded = [load_model(path, device) for path in paths]
+    models, checkpoints = [model for model, _ in loaded], [checkpoint for _, checkpoint in loaded]
+    return (models[0] if len(models) == 1 else Ensemble(models).eval()), checkpoints
+
+
 def int8_model(model: nn.Module, data_dir: str | None, batch_size: int, device: torch.device) -> nn.Module:
-    """quantize_int8 calibrated on the first CALIBRATION_IMAGES training images, for test.py --int8."""
+    """quantize_int8 calibrated on the first CALIBRATION_IMAGES training images, for test.py --int8.
+
+    An ensemble gets each member quantized.
+    """
     if device.type != "cpu":
         raise UserError(f"--int8 runs on the CPU only (PyTorch's quantized kernels are CPU kernels), not {device}: "
                         "add --device cpu")
     started = time.perf_counter()
     train_images, _ = data.load_split(data_dir, train=True)
     calibration = data.normalize(data.to_model_size(train_images[:CALIBRATION_IMAGES]))
-    quantized = quantize_int8(model, calibration.split(batch_size))
+    batches = calibration.split(batch_size)
+    if isinstance(model, Ensemble):
+        quantized = Ensemble([quantize_int8(member, batches) for member in model.members])
+    else:
+        quantized = quantize_int8(model, batches)
     print(f"quantized to int8 in {time.perf_counter() - started:.1f}s "
           f"(activation ranges from {len(calibration)} training images)")
     return quantized

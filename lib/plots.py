@@ -44,11 +44,16 @@ def check_figure_path(path: str | Path, what: str) -> None:
     check_writable_dir(Path(path).parent, f"{what} {path}", must_exist=True)
 
 
-def show_window(plt, path: str) -> None:
-    """plt.show(), or a note where there is no display (matplotlib then picks a file-only backend)."""
+def opens_windows(plt) -> bool:
+    """Whether matplotlib's backend draws on a screen: where there is no display it picks a file-only one."""
     from matplotlib.backends import BackendFilter, backend_registry
 
-    if plt.get_backend().lower() in backend_registry.list_builtin(BackendFilter.NON_INTERACTIVE):
+    return plt.get_backend().lower() not in backend_registry.list_builtin(BackendFilter.NON_INTERACTIVE)
+
+
+def show_window(plt, path: str) -> None:
+    """plt.show(), or a note where there is no display."""
+    if not opens_windows(plt):
         print(f"note: no display to open a window on (matplotlib backend {plt.get_backend()}); the figure is in {path}",
               file=sys.stderr)
         return
@@ -60,7 +65,8 @@ def plot_curves(path: Path, history: list[dict]) -> None:
     plt = pyplot()
     epochs = [row["epoch"] for row in history]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
-    splits = (("train", "train (augmented, label-smoothed)"), ("val", "validation"), ("test", "test (not used to choose)"))
+    splits = (("train", "train (augmented, label-smoothed)"), ("val", "validation"),
+              ("test", "test (not used to choose)"))
     for key, label in splits:
         if any(row.get(f"{key}_loss") is not None for row in history):
             ax_loss.plot(epochs, [row[f"{key}_loss"] for row in history], "o-", label=label)

@@ -33,7 +33,7 @@ def sgd(model: nn.Module, fused: bool, lr: float = LR, momentum: float = MOMENTU
 
 def one_cycle_schedule(optimizer: torch.optim.Optimizer, peak_lr: float, total_steps: int,
                        warmup: float) -> torch.optim.lr_scheduler.OneCycleLR:
-    """torch's one-cycle schedule: a cosine rise to peak_lr over the warmup fraction of the steps, then a cosine fall."""
+    """torch's one-cycle schedule: a cosine rise to peak_lr over the warmup fraction of the steps, then a fall."""
     # OneCycleLR divides by zero when the warm-up is exactly one step (0.2 of 5 steps; pytorch/pytorch#180187).
     # A hair less schedules as that limit does: the peak from the first step.
     if warmup * total_steps == 1:

@@ -1,4 +1,5 @@
 """Shared fixtures: the repo root on sys.path, real MNIST from MNIST_DATA_DIR, and one small training run."""
+
 from __future__ import annotations
 
 import os
@@ -19,17 +20,27 @@ QUICK_RECIPE = ["--epochs", "2", "--subset", "2000", "--val-size", "1000", "--ba
 def run_script(script: str, *args: str, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
     """Run one of the top-level scripts the way a user would, from the repo root."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    return subprocess.run([sys.executable, str(ROOT / script), *args], cwd=ROOT, env=full_env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, str(ROOT / script), *args],
+        cwd=ROOT,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 @pytest.fixture(scope="session")
 def mnist_dir() -> Path:
-    """Real MNIST; in CI its absence is a failure, not a skip, so the end-to-end tests always run there."""
-    folder = os.environ.get("MNIST_DATA_DIR")
-    if folder and (Path(folder) / "MNIST" / "raw" / "t10k-images-idx3-ubyte").is_file():
-        return Path(folder).resolve()
-    message = f"real MNIST not found (MNIST_DATA_DIR={folder!r}); set it to the folder that holds MNIST/raw"
+    """Real MNIST where train.py looks: $MNIST_DATA_DIR, else ./data in the repository.
+
+    In CI its absence is a failure, not a skip, so the end-to-end tests always run there.
+    """
+    folder = Path(os.environ.get("MNIST_DATA_DIR") or ROOT / "data")
+    if (folder / "MNIST" / "raw" / "t10k-images-idx3-ubyte").is_file():
+        return folder.resolve()
+    message = (f"real MNIST not found in {folder}/MNIST/raw: run `python train.py` once to download it to ./data, "
+               "or set MNIST_DATA_DIR to a folder holding MNIST/raw with the four IDX files")
     if os.environ.get("CI"):
         pytest.fail(message)
     pytest.skip(message)
@@ -39,7 +50,9 @@ def mnist_dir() -> Path:
 def trained(tmp_path_factory, mnist_dir) -> Path:
     """Train once on a small subset; several tests read the checkpoints it writes."""
     out = tmp_path_factory.mktemp("trained")
-    result = run_script("train.py", *QUICK_RECIPE, "--test-each-epoch", "--out-dir", str(out), "--data-dir", str(mnist_dir))
+    result = run_script(
+        "train.py", *QUICK_RECIPE, "--test-each-epoch", "--out-dir", str(out), "--data-dir", str(mnist_dir)
+    )
     assert result.returncode == 0, result.stderr
     (out / "train_stdout.txt").write_text(result.stdout)
     return out

@@ -1,4 +1,5 @@
 """Run by torchrun in test_ddp.py: train as train.py does, then save this rank's final weights for comparison."""
+
 import os
 import sys
 from pathlib import Path

@@ -1,4 +1,5 @@
 """Render MNIST digits the way a user's photo or scan of handwriting looks."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,4 +1,5 @@
 """Every mistake a user can make gets one clear line on stderr, exit code 2, and nothing written."""
+
 from __future__ import annotations
 
 import hashlib
@@ -8,8 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import run_script
+
 from lib.checkpoints import save_checkpoint
 from model import ResNet18
 
@@ -17,7 +18,11 @@ RAW_FILES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-
 
 
 def snapshot(folder) -> dict:
-    return {str(p.relative_to(folder)): hashlib.md5(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.md5(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def broken_data_dir(root, mnist_dir, broken: str, how: str):
@@ -37,14 +42,39 @@ def broken_data_dir(root, mnist_dir, broken: str, how: str):
 
 CASES = [  # (id, script, arguments with {w}=good weights {t}=tmp {d}=data dir, part of the expected message)
     ("missing-weights", "test.py", ["--weights", "{t}/nope.pt"], "no checkpoint at"),
-    ("folder-as-weights", "test.py", ["--weights", "{t}/earlier"], "earlier is a folder; name the checkpoint in it, e.g. "),
+    (
+        "folder-as-weights",
+        "test.py",
+        ["--weights", "{t}/earlier"],
+        "earlier is a folder; name the checkpoint in it, e.g. ",
+    ),
     ("empty-checkpoint", "test.py", ["--weights", "{t}/empty.pt"], "not a readable checkpoint"),
     ("truncated-checkpoint", "test.py", ["--weights", "{t}/truncated.pt"], "not a readable checkpoint"),
-    ("text-file-as-checkpoint", "predict.py", ["--weights", "{t}/notes.txt", "--out", "{t}/p.png"], "not a readable checkpoint"),
+    (
+        "text-file-as-checkpoint",
+        "predict.py",
+        ["--weights", "{t}/notes.txt", "--out", "{t}/p.png"],
+        "not a readable checkpoint",
+    ),
     ("plain-state-dict", "test.py", ["--weights", "{t}/state_dict.pt"], "not a checkpoint written by this project"),
-    ("missing-idx-file", "test.py", ["--weights", "{w}", "--data-dir", "{t}/missing"], "t10k-labels-idx1-ubyte is missing"),
-    ("truncated-idx-file", "test.py", ["--weights", "{w}", "--data-dir", "{t}/truncated"], "t10k-images-idx3-ubyte is truncated"),
-    ("wrong-magic-idx-file", "train.py", ["--data-dir", "{t}/wrong-magic"], "train-images-idx3-ubyte is not an MNIST images IDX file"),
+    (
+        "missing-idx-file",
+        "test.py",
+        ["--weights", "{w}", "--data-dir", "{t}/missing"],
+        "t10k-labels-idx1-ubyte is missing",
+    ),
+    (
+        "truncated-idx-file",
+        "test.py",
+        ["--weights", "{w}", "--data-dir", "{t}/truncated"],
+        "t10k-images-idx3-ubyte is truncated",
+    ),
+    (
+        "wrong-magic-idx-file",
+        "train.py",
+        ["--data-dir", "{t}/wrong-magic"],
+        "train-images-idx3-ubyte is not an MNIST images IDX file",
+    ),
     ("zero-epochs", "train.py", ["--epochs", "0"], "--epochs: must be a positive integer"),
     ("negative-epochs", "train.py", ["--epochs", "-3"], "--epochs: must be a positive integer"),
     ("zero-batch-size", "train.py", ["--batch-size", "0"], "--batch-size: must be a positive integer"),
@@ -56,18 +86,56 @@ CASES = [  # (id, script, arguments with {w}=good weights {t}=tmp {d}=data dir, 
     ("unknown-device", "train.py", ["--device", "tpu"], "unknown device 'tpu'"),
     ("cuda-without-gpu", "test.py", ["--weights", "{w}", "--device", "cuda"], "no CUDA GPU is available"),
     ("resume-without-checkpoint", "train.py", ["--resume"], "no checkpoint at"),
-    ("resume-and-overwrite", "train.py", ["--resume", "--overwrite"], "argument --overwrite: not allowed with argument --resume"),
-    ("train-over-an-earlier-run", "train.py", ["--out-dir", "{t}/earlier"], "earlier already holds best.pt and last.pt of an earlier run: continue"),
+    (
+        "resume-and-overwrite",
+        "train.py",
+        ["--resume", "--overwrite"],
+        "argument --overwrite: not allowed with argument --resume",
+    ),
+    (
+        "train-over-an-earlier-run",
+        "train.py",
+        ["--out-dir", "{t}/earlier"],
+        "earlier already holds best.pt and last.pt of an earlier run: continue",
+    ),
     ("unknown-flag", "test.py", ["--epochs", "3"], "unrecognized arguments: --epochs 3"),
-    ("predict-into-missing-folder", "predict.py", ["--weights", "{w}", "--out", "{t}/no/such/dir/p.png"], "does not exist"),
+    (
+        "predict-into-missing-folder",
+        "predict.py",
+        ["--weights", "{w}", "--out", "{t}/no/such/dir/p.png"],
+        "does not exist",
+    ),
     ("train-into-a-file", "train.py", ["--out-dir", "{t}/notes.txt/run"], "notes.txt is a file, not a folder"),
-    ("test-report-into-a-file", "test.py", ["--weights", "{w}", "--out-dir", "{t}/notes.txt"], "notes.txt is a file, not a folder"),
-    ("seeds-into-a-file", "benchmarks/seeds.py", ["--out-dir", "{t}/notes.txt/runs"], "notes.txt is a file, not a folder"),
-    ("predict-figure-of-unknown-format", "predict.py", ["--weights", "{w}", "--out", "{t}/p.txt"],
-     "p.txt: end the name with an extension matplotlib can write (avif, eps, gif, jpeg, jpg, pdf,"),
-    ("predict-zero-images", "predict.py", ["--weights", "{w}", "--num", "0", "--out", "{t}/p.png"], "--num: must be a positive integer"),
-    ("predict-errors-of-own-images", "predict.py", ["--weights", "{w}", "--errors", "--images", "{t}/notes.txt", "--out", "{t}/p.png"],
-     "--images: not allowed with argument --errors"),
+    (
+        "test-report-into-a-file",
+        "test.py",
+        ["--weights", "{w}", "--out-dir", "{t}/notes.txt"],
+        "notes.txt is a file, not a folder",
+    ),
+    (
+        "seeds-into-a-file",
+        "benchmarks/seeds.py",
+        ["--out-dir", "{t}/notes.txt/runs"],
+        "notes.txt is a file, not a folder",
+    ),
+    (
+        "predict-figure-of-unknown-format",
+        "predict.py",
+        ["--weights", "{w}", "--out", "{t}/p.txt"],
+        "p.txt: end the name with an extension matplotlib can write (avif, eps, gif, jpeg, jpg, pdf,",
+    ),
+    (
+        "predict-zero-images",
+        "predict.py",
+        ["--weights", "{w}", "--num", "0", "--out", "{t}/p.png"],
+        "--num: must be a positive integer",
+    ),
+    (
+        "predict-errors-of-own-images",
+        "predict.py",
+        ["--weights", "{w}", "--errors", "--images", "{t}/notes.txt", "--out", "{t}/p.png"],
+        "--images: not allowed with argument --errors",
+    ),
 ]
 
 
@@ -107,11 +175,23 @@ def test_resuming_with_another_recipe_is_refused_not_ignored(trained, mnist_dir)
     # --resume takes the recipe from last.pt (its one-cycle schedule is fixed at the start), so an --epochs on the
     # command line could never take effect: said at once, and the finished run is left as it was.
     before = snapshot(trained)
-    result = run_script("train.py", "--resume", "--epochs", "5", "--lr", "0.05", "--no-augment", "--out-dir", str(trained),
-                        env={"MNIST_DATA_DIR": str(mnist_dir)})
+    result = run_script(
+        "train.py",
+        "--resume",
+        "--epochs",
+        "5",
+        "--lr",
+        "0.05",
+        "--no-augment",
+        "--out-dir",
+        str(trained),
+        env={"MNIST_DATA_DIR": str(mnist_dir)},
+    )
     assert result.returncode == 2, (result.stdout, result.stderr)
-    assert result.stderr == (f"error: {trained / 'last.pt'} resumes with the settings it was saved with, not --epochs 5 --no-augment "
-                             "(saved: epochs=2, augment=True): leave those out, or start a new run (another --out-dir, or --overwrite)\n")
+    assert result.stderr == (
+        f"error: {trained / 'last.pt'} resumes with the settings it was saved with, not --epochs 5 --no-augment "
+        "(saved: epochs=2, augment=True): leave those out, or start a new run (another --out-dir, or --overwrite)\n"
+    )
     assert snapshot(trained) == before
 
 
@@ -126,11 +206,15 @@ def test_weights_in_a_folder_it_cannot_write_are_tested_only_with_another_out_di
 
     read_only = workspace.resolve()
     monkeypatch.setattr(files.os, "access", lambda path, mode: Path(path).resolve() != read_only)
-    monkeypatch.setattr(data, "load_test", lambda *args: pytest.fail("evaluated before the report's folder was checked"))
+    monkeypatch.setattr(
+        data, "load_test", lambda *args: pytest.fail("evaluated before the report's folder was checked")
+    )
     with pytest.raises(UserError) as refused:
         test.main(["--weights", str(workspace / "good.pt"), "--device", "cpu"])
-    assert str(refused.value) == (f"{workspace} (the folder of --weights, where the report goes without --out-dir): "
-                                  f"cannot write in {read_only} (no permission, or a read-only file system)")
+    assert str(refused.value) == (
+        f"{workspace} (the folder of --weights, where the report goes without --out-dir): "
+        f"cannot write in {read_only} (no permission, or a read-only file system)"
+    )
 
 
 def test_int8_off_the_cpu_is_refused_with_what_to_do():
@@ -142,16 +226,19 @@ def test_int8_off_the_cpu_is_refused_with_what_to_do():
         int8_model(ResNet18(), None, 1000, torch.device("cuda"))
 
 
-@pytest.mark.parametrize("script, arguments, expected", [
-    ("train", ["--warmup", "1"], "--warmup: must be from 0 to below 1, got 1"),
-    ("train", ["--label-smoothing", "1.5"], "--label-smoothing: must be from 0 to 1, got 1.5"),
-    ("train", ["--momentum", "-0.9"], "--momentum: must be from 0 to below 1, got -0.9"),
-    ("train", ["--weight-decay", "nan"], "--weight-decay: must be 0 or more, got nan"),
-    ("train", ["--weight-decay", "lots"], "--weight-decay: invalid float value: 'lots'"),
-    ("train", ["--seed", "99999999999999999999"], "--seed: must be from 0 to 4294967295, got 99999999999999999999"),
-    ("test", ["--seed", "-1"], "--seed: must be from 0 to 4294967295, got -1"),
-    ("predict", ["--seed", "4294967296"], "--seed: must be from 0 to 4294967295, got 4294967296"),
-])
+@pytest.mark.parametrize(
+    "script, arguments, expected",
+    [
+        ("train", ["--warmup", "1"], "--warmup: must be from 0 to below 1, got 1"),
+        ("train", ["--label-smoothing", "1.5"], "--label-smoothing: must be from 0 to 1, got 1.5"),
+        ("train", ["--momentum", "-0.9"], "--momentum: must be from 0 to below 1, got -0.9"),
+        ("train", ["--weight-decay", "nan"], "--weight-decay: must be 0 or more, got nan"),
+        ("train", ["--weight-decay", "lots"], "--weight-decay: invalid float value: 'lots'"),
+        ("train", ["--seed", "99999999999999999999"], "--seed: must be from 0 to 4294967295, got 99999999999999999999"),
+        ("test", ["--seed", "-1"], "--seed: must be from 0 to 4294967295, got -1"),
+        ("predict", ["--seed", "4294967296"], "--seed: must be from 0 to 4294967295, got 4294967296"),
+    ],
+)
 def test_numbers_out_of_range_are_refused_as_the_command_line_is_read(script, arguments, expected):
     # In-process: the one line and exit code 2 of such a refusal are checked end to end above (e.g. negative-lr);
     # without these checks each of them was a traceback from torch (an optimizer, scheduler, loss or generator).
@@ -163,8 +250,21 @@ def test_numbers_out_of_range_are_refused_as_the_command_line_is_read(script, ar
 
 def test_compile_on_a_cpu_without_its_compiler_is_refused_before_any_work(mnist_dir, tmp_path):
     # inductor builds CPU kernels with $CXX (else g++): without it the first step would die in a compiler traceback.
-    result = run_script("train.py", "--compile", "--device", "cpu", "--out-dir", str(tmp_path / "out"), "--data-dir", str(mnist_dir),
-                        env={"CXX": "no-such-compiler"})
+    result = run_script(
+        "train.py",
+        "--compile",
+        "--device",
+        "cpu",
+        "--out-dir",
+        str(tmp_path / "out"),
+        "--data-dir",
+        str(mnist_dir),
+        env={"CXX": "no-such-compiler"},
+    )
     assert result.returncode == 2, result.stderr
-    assert result.stderr == "error: --compile on a CPU needs the C++ compiler no-such-compiler (set CXX to use another), and it was not found\n"
+    assert (
+        result.stderr
+        == "error: --compile on a CPU needs the C++ compiler no-such-compiler (set CXX to use another), "
+        "and it was not found\n"
+    )
     assert not (tmp_path / "out").exists()

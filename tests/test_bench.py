@@ -1,4 +1,5 @@
 """The benchmark scripts run end to end (timings are reported, never asserted); bf16 and int8 keep predictions."""
+
 from __future__ import annotations
 
 import re
@@ -7,20 +8,39 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import PNG_MAGIC, ROOT, run_script
+
 from lib.device import bf16_supported
 
 
 def test_bench_smoke(mnist_dir):
     # --compile's row with torch.compile switched off: a cold compile costs ~45 s on the CPU, and train.py --compile's
     # test compiles for real; here it is the row and the first step's timing that are checked.
-    result = run_script("benchmarks/bench.py", "--device", "cpu", "--steps", "1", "--warmup", "1", "--batch-size", "32",
-                        "--eval-batch-size", "64", "--peer-batch-size", "32", "--profile", "--compile", "--data-dir", str(mnist_dir),
-                        env={"TORCH_COMPILE_DISABLE": "1"})
+    result = run_script(
+        "benchmarks/bench.py",
+        "--device",
+        "cpu",
+        "--steps",
+        "1",
+        "--warmup",
+        "1",
+        "--batch-size",
+        "32",
+        "--eval-batch-size",
+        "64",
+        "--peer-batch-size",
+        "32",
+        "--profile",
+        "--compile",
+        "--data-dir",
+        str(mnist_dir),
+        env={"TORCH_COMPILE_DISABLE": "1"},
+    )
     assert result.returncode == 0, result.stderr
     assert re.search(r"^torch.compile: first training step \(compiling\) [\d.]+ s$", result.stdout, re.M), result.stdout
-    assert re.search(r"^\| ours \+ torch.compile \(reduce-overhead\) \| [\d,]+ \|  \|$", result.stdout, re.M), result.stdout
+    assert re.search(r"^\| ours \+ torch.compile \(reduce-overhead\) \| [\d,]+ \|  \|$", result.stdout, re.M), (
+        result.stdout
+    )
     assert "our training step (batch 32), 3 steps" in result.stdout and "convolution_backward" in result.stdout
     assert re.search(r"\| peer: PIL DataLoader.* \| [\d,]+ \| [\d,]+ \|", result.stdout)
     assert re.search(r"\| ours: on-device.* \| [\d,]+ \| [\d,]+ \|", result.stdout)
@@ -30,11 +50,24 @@ def test_bench_smoke(mnist_dir):
 
 
 def test_bf16_and_int8_predictions_agree_with_fp32_on_the_test_set(trained, mnist_dir):
-    result = run_script("benchmarks/precision.py", "--weights", str(trained / "best.pt"), "--device", "cpu", "--limit", "2000",
-                        "--data-dir", str(mnist_dir))
+    result = run_script(
+        "benchmarks/precision.py",
+        "--weights",
+        str(trained / "best.pt"),
+        "--device",
+        "cpu",
+        "--limit",
+        "2000",
+        "--data-dir",
+        str(mnist_dir),
+    )
     assert result.returncode == 0, result.stderr
-    rows = {name: (float(accuracy), int(differ)) for name, accuracy, differ in
-            re.findall(r"^\| (fp32|bf16 autocast|int8) \| ([\d.]+)% \| \d+ \| [\d.]+ \| (\d+)", result.stdout, re.M)}
+    rows = {
+        name: (float(accuracy), int(differ))
+        for name, accuracy, differ in re.findall(
+            r"^\| (fp32|bf16 autocast|int8) \| ([\d.]+)% \| \d+ \| [\d.]+ \| (\d+)", result.stdout, re.M
+        )
+    }
     expected = {"fp32", "int8"} | ({"bf16 autocast"} if bf16_supported(torch.device("cpu")) else set())
     assert set(rows) == expected, result.stdout
     # A weak 2-epoch model has many close calls: bf16 flips ~0.1% of them, int8 ~1% (21 of 2,000 seen, 8 of them
@@ -68,17 +101,31 @@ def run_gpu_checks(tmp_path, budget: int) -> tuple[subprocess.CompletedProcess, 
     stand_in.chmod(0o755)
     logs = tmp_path / "logs"
     runs = tmp_path / "runs"  # not the repository's runs/, where a real run's logs may be
-    result = subprocess.run(["bash", "benchmarks/gpu_checks.sh", str(logs), str(budget), str(runs)], cwd=ROOT, capture_output=True,
-                            text=True, env={"PATH": "/usr/bin:/bin", "PYTHON": str(stand_in), "HOME": str(tmp_path)}, timeout=60)
+    result = subprocess.run(
+        ["bash", "benchmarks/gpu_checks.sh", str(logs), str(budget), str(runs)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin", "PYTHON": str(stand_in), "HOME": str(tmp_path)},
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr
     return result, logs
 
 
 def test_gpu_checks_runs_each_step_within_its_budget_and_logs_it(tmp_path):
     result, logs = run_gpu_checks(tmp_path, budget=12)
-    assert sorted(p.name for p in logs.iterdir()) == ["0-machine.log", "1-graphed-step.log", "2-bench.log", "3-seeds-default.log",
-                                                     "4-seeds-b128-e3.log", "5-seeds-batch.log", "6-seeds-compile.log",
-                                                     "7-seeds-photometric.log", "results.md"]
+    assert sorted(p.name for p in logs.iterdir()) == [
+        "0-machine.log",
+        "1-graphed-step.log",
+        "2-bench.log",
+        "3-seeds-default.log",
+        "4-seeds-b128-e3.log",
+        "5-seeds-batch.log",
+        "6-seeds-compile.log",
+        "7-seeds-photometric.log",
+        "results.md",
+    ]
     assert "ran: -m pytest -q -p no:cacheprovider tests/test_model.py" in (logs / "1-graphed-step.log").read_text()
     assert "ran: benchmarks/bench.py --compile" in (logs / "2-bench.log").read_text()
     # bench.py's 3 s leave less than the 10 s a step needs: the rest are skipped, not started and cut off.
@@ -95,17 +142,26 @@ def test_gpu_checks_trains_the_batch_size_and_photometric_seeds_side_by_side_the
     recipes = {"b256": "--batch-size 256", "b128": "--batch-size 128", "photometric": "--photometric"}
     for name, flags in recipes.items():
         for seed in (0, 1, 2):  # each seed's log is kept in LOG_DIR
-            assert (logs / f"{name}-parallel-seed{seed}.log").read_text() == \
-                f"ran: benchmarks/seeds.py --seeds {seed} --out-dir {runs}/{name} -- {flags}\n"
+            assert (
+                logs / f"{name}-parallel-seed{seed}.log"
+            ).read_text() == f"ran: benchmarks/seeds.py --seeds {seed} --out-dir {runs}/{name} -- {flags}\n"
     gathered = (logs / "5-seeds-batch.log").read_text()
     for name in ("b256", "b128"):
         assert f"ran: benchmarks/seeds.py --out-dir {runs}/{name} -- {recipes[name]}\n" in gathered
     assert f"ran: benchmarks/seeds.py --out-dir {runs}/default\n" in (logs / "3-seeds-default.log").read_text()
-    assert f"ran: benchmarks/seeds.py --out-dir {runs}/b128-e3 -- --batch-size 128 --epochs 3\n" in \
-        (logs / "4-seeds-b128-e3.log").read_text()  # alone, for its times
+    assert (
+        f"ran: benchmarks/seeds.py --out-dir {runs}/b128-e3 -- --batch-size 128 --epochs 3\n"
+        in (logs / "4-seeds-b128-e3.log").read_text()
+    )  # alone, for its times
     assert not (logs / "b128-e3-parallel-seed0.log").exists()
-    assert f"ran: benchmarks/seeds.py --out-dir {runs}/compile -- --compile\n" in (logs / "6-seeds-compile.log").read_text()
-    assert f"ran: benchmarks/seeds.py --out-dir {runs}/photometric -- --photometric\n" in (logs / "7-seeds-photometric.log").read_text()
+    assert (
+        f"ran: benchmarks/seeds.py --out-dir {runs}/compile -- --compile\n"
+        in (logs / "6-seeds-compile.log").read_text()
+    )
+    assert (
+        f"ran: benchmarks/seeds.py --out-dir {runs}/photometric -- --photometric\n"
+        in (logs / "7-seeds-photometric.log").read_text()
+    )
 
 
 def test_gpu_checks_keeps_each_recipes_summary_figure_and_per_seed_epochs_in_its_log_dir(tmp_path):

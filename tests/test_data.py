@@ -1,4 +1,5 @@
 """Data: 32x32 resize, normalisation, the split, the batch order and the augmentation."""
+
 from __future__ import annotations
 
 import math
@@ -46,7 +47,9 @@ def test_every_sample_once_per_epoch_across_ranks(world_size):
     labels = torch.arange(n)
     seen, steps = [], set()
     for rank in range(world_size):
-        rank_batches = list(data.batches(images, labels, batch_size, shuffle=True, seed=1, epoch=2, rank=rank, world_size=world_size))
+        rank_batches = list(
+            data.batches(images, labels, batch_size, shuffle=True, seed=1, epoch=2, rank=rank, world_size=world_size)
+        )
         steps.add(len(rank_batches))
         seen += [int(y) for _, ys in rank_batches for y in ys]
     assert sorted(seen) == list(range(n))
@@ -67,8 +70,8 @@ def test_order_depends_on_seed_and_epoch_only_and_start_step_skips():
 
 def test_augmentation_keeps_shape_labels_and_background_but_moves_ink(mnist_dir):
     (images, labels), _ = data.load_train_val(mnist_dir, 0, 256, torch.device("cpu"))
-    (plain, plain_y), = list(data.batches(images, labels, 256))
-    (augmented, augmented_y), = list(data.batches(images, labels, 256, augment=True))
+    ((plain, plain_y),) = list(data.batches(images, labels, 256))
+    ((augmented, augmented_y),) = list(data.batches(images, labels, 256, augment=True))
     assert augmented.shape == plain.shape and torch.equal(augmented_y, plain_y)
     assert (augmented - plain).abs().mean() > 0.05
     background = data.normalize(torch.tensor(0.0))
@@ -84,7 +87,8 @@ def test_augmentation_never_flips():
 
 
 def test_offline_without_data_names_the_folder_and_the_fix(tmp_path, monkeypatch):
-    # Route the download to a closed local port: the real download path runs, fails at once, and never leaves the machine.
+    # Route the download to a closed local port: the real download path runs, fails at once, and never leaves the
+    # machine.
     for variable in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
         monkeypatch.setenv(variable, "http://127.0.0.1:9")
     monkeypatch.delenv("MNIST_DATA_DIR", raising=False)
@@ -113,9 +117,18 @@ def test_photometric_augmentation_varies_ink_on_about_half_the_images_each_way_a
     assert 0.08 < (varied == images).all((1, 2, 3)).float().mean() < 0.18
 
     def epoch(**kw):
-        return torch.cat([x for x, _ in data.batches(images, labels, 512, shuffle=True, augment=True, photometric=True, seed=1, **kw)])
+        return torch.cat(
+            [
+                x
+                for x, _ in data.batches(
+                    images, labels, 512, shuffle=True, augment=True, photometric=True, seed=1, **kw
+                )
+            ]
+        )
 
     assert torch.equal(epoch(epoch=3), epoch(epoch=3))
     assert torch.equal(epoch(epoch=3, start_step=2), epoch(epoch=3)[1024:])
     assert not torch.equal(epoch(epoch=3), epoch(epoch=4))
-    assert len(list(data.batches(images, labels, 512, photometric=True, seed=2**32 - 1, epoch=99))) == 4  # --seed's largest
+    assert (
+        len(list(data.batches(images, labels, 512, photometric=True, seed=2**32 - 1, epoch=99))) == 4
+    )  # --seed's largest

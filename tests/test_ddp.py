@@ -1,4 +1,5 @@
 """DDP under torchrun: two CPU processes with gloo train one model, and rank 0 alone writes it."""
+
 from __future__ import annotations
 
 import os
@@ -6,18 +7,43 @@ import subprocess
 import sys
 
 import torch
-
 from conftest import ROOT, run_script
 
 
 def test_torchrun_two_processes_agree_and_only_rank_0_writes(mnist_dir, tmp_path):
     out, weights = tmp_path / "out", tmp_path / "ranks"
     weights.mkdir()
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(ROOT / "tests" / "ddp_worker.py"),
-               str(weights), "--epochs", "1", "--subset", "512", "--val-size", "256", "--batch-size", "64", "--lr", "0.05",
-               "--out-dir", str(out), "--data-dir", str(mnist_dir)]
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300,
-                            env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"})
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        str(ROOT / "tests" / "ddp_worker.py"),
+        str(weights),
+        "--epochs",
+        "1",
+        "--subset",
+        "512",
+        "--val-size",
+        "256",
+        "--batch-size",
+        "64",
+        "--lr",
+        "0.05",
+        "--out-dir",
+        str(out),
+        "--data-dir",
+        str(mnist_dir),
+    ]
+    result = subprocess.run(
+        command,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"},
+    )
     assert result.returncode == 0, result.stderr[-3000:]
 
     rank0, rank1 = (torch.load(weights / f"rank{r}.pt", weights_only=True) for r in (0, 1))
@@ -30,6 +56,8 @@ def test_torchrun_two_processes_agree_and_only_rank_0_writes(mnist_dir, tmp_path
     assert not any(key.startswith("module.") for key in saved)
     assert all(torch.equal(saved[name], rank0[name]) for name in saved)
 
-    tested = run_script("test.py", "--weights", str(out / "best.pt"), "--out-dir", str(tmp_path), "--data-dir", str(mnist_dir))
+    tested = run_script(
+        "test.py", "--weights", str(out / "best.pt"), "--out-dir", str(tmp_path), "--data-dir", str(mnist_dir)
+    )
     assert tested.returncode == 0, tested.stderr
     assert "test accuracy:" in tested.stdout

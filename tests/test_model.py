@@ -1,4 +1,5 @@
 """The architecture is ResNet-18 with a CIFAR-style stem, its checkpoints round-trip, bf16 only where it is native."""
+
 from __future__ import annotations
 
 import platform
@@ -40,7 +41,9 @@ def test_structure_matches_torchvision_resnet18_apart_from_the_stem():
     assert differing == {"conv1.weight"}
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU (CI has none; run this where there is one)")
+@pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU (CI has none; run this where there is one)"
+)
 def test_a_graphed_training_step_computes_the_gradients_of_the_plain_model():
     torch.manual_seed(0)
     device = torch.device("cuda")
@@ -48,7 +51,9 @@ def test_a_graphed_training_step_computes_the_gradients_of_the_plain_model():
     x, y = torch.randn(64, 1, 32, 32, device=device), torch.randint(0, 10, (64,), device=device)
     statistics = {name: buffer.clone() for name, buffer in model.named_buffers()}
     graphed = graph_training_step(model, x.clone(), amp=False)
-    assert all(torch.equal(buffer, statistics[name]) for name, buffer in model.named_buffers())  # capture left them as they were
+    assert all(
+        torch.equal(buffer, statistics[name]) for name, buffer in model.named_buffers()
+    )  # capture left them as they were
     gradients = []
     for forward in (model, graphed):
         model.zero_grad(set_to_none=True)
@@ -62,7 +67,12 @@ def test_folding_batch_norm_keeps_the_outputs_and_leaves_the_model_alone():
     model = ResNet18()
     with torch.no_grad():  # running statistics and affine parameters far from their initial 0/1, as after training
         for bn in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)):
-            for tensor, low, high in ((bn.running_mean, -0.5, 0.5), (bn.running_var, 0.5, 2.0), (bn.weight, 0.5, 1.5), (bn.bias, -0.2, 0.2)):
+            for tensor, low, high in (
+                (bn.running_mean, -0.5, 0.5),
+                (bn.running_var, 0.5, 2.0),
+                (bn.weight, 0.5, 1.5),
+                (bn.bias, -0.2, 0.2),
+            ):
                 tensor.uniform_(low, high)
     images = torch.randn(8, 1, 32, 32)
     folded = fold_batchnorm(model)
@@ -82,7 +92,9 @@ def test_the_cpu_layout_keeps_the_last_stage_nchw_and_computes_what_channels_las
     assert laid_out.layer4[0].conv1.weight.is_contiguous() and not plain.layer4[0].conv1.weight.is_contiguous()
     assert laid_out.layer3[0].conv1.weight.is_contiguous(memory_format=torch.channels_last)
     seen = {}
-    laid_out.layer4[0].conv1.register_forward_hook(lambda module, inputs, output: seen.update(nchw=inputs[0].is_contiguous()))
+    laid_out.layer4[0].conv1.register_forward_hook(
+        lambda module, inputs, output: seen.update(nchw=inputs[0].is_contiguous())
+    )
     images, labels = torch.randn(8, 1, 32, 32).to(memory_format=torch.channels_last), torch.randint(0, 10, (8,))
     gradients = []
     for model in (plain, laid_out):
@@ -114,7 +126,9 @@ def test_checkpoint_of_a_ddp_or_compiled_model_has_plain_keys(tmp_path):
     assert all(not key.startswith("module.") for key in load_checkpoint(tmp_path / "w.pt")["model"])
 
 
-@pytest.mark.parametrize("avx512_bf16, amx, expected", [(True, False, True), (False, True, True), (False, False, False)])
+@pytest.mark.parametrize(
+    "avx512_bf16, amx, expected", [(True, False, True), (False, True, True), (False, False, False)]
+)
 def test_cpu_bf16_only_where_the_cpu_has_it_in_hardware(monkeypatch, avx512_bf16, amx, expected):
     # Plain AVX512 makes oneDNN report bf16 "supported" (emulated, no faster than fp32): that must not count.
     monkeypatch.setattr(platform, "machine", lambda: "x86_64")

@@ -1,4 +1,5 @@
 """Nothing lost, nothing unsafe: interruption, exact resume, atomic writes, safe loading, non-finite loss."""
+
 from __future__ import annotations
 
 import csv
@@ -13,8 +14,8 @@ import time
 
 import pytest
 import torch
-
 from conftest import ROOT, run_script
+
 import lib.checkpoints as checkpoints_module
 from lib.checkpoints import load_checkpoint, save_checkpoint
 from lib.cli import UserError
@@ -23,8 +24,20 @@ from model import ResNet18
 
 # Tiny and deterministic: 16 steps per epoch, a few seconds each on 2 CPU cores. Every random part is on (shuffle,
 # geometric and photometric augmentation), so the exact-resume tests cover each one's random numbers.
-TINY = ["--epochs", "2", "--subset", "512", "--val-size", "256", "--batch-size", "32", "--lr", "0.05", "--deterministic",
-        "--photometric"]
+TINY = [
+    "--epochs",
+    "2",
+    "--subset",
+    "512",
+    "--val-size",
+    "256",
+    "--batch-size",
+    "32",
+    "--lr",
+    "0.05",
+    "--deterministic",
+    "--photometric",
+]
 
 
 def weights(path) -> dict:
@@ -44,8 +57,23 @@ def metric_rows(out_dir) -> list[dict]:
 
 
 def start_training(out_dir, mnist_dir, *extra) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, str(ROOT / "train.py"), *TINY, "--out-dir", str(out_dir), "--data-dir", str(mnist_dir), *extra],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    return subprocess.Popen(
+        [
+            sys.executable,
+            str(ROOT / "train.py"),
+            *TINY,
+            "--out-dir",
+            str(out_dir),
+            "--data-dir",
+            str(mnist_dir),
+            *extra,
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
 
 
 def wait_for_line(process: subprocess.Popen, prefix: str) -> str:
@@ -98,7 +126,8 @@ def test_interrupt_mid_epoch_saves_and_resume_equals_an_uninterrupted_run(straig
     if saved["partial"] is not None:  # stopped mid-epoch: that epoch's time in metrics.csv must include the part before
         saved["partial"]["seconds"] = 1000.0  # a mark no tiny run reaches by itself
         torch.save(saved, tmp_path / "last.pt")
-    # The command the message suggests must be the one that resumes this run (its --out-dir, --data-dir and --device included).
+    # The command the message suggests must be the one that resumes this run (its --out-dir, --data-dir and --device
+    # included).
     command = shlex.split(stderr.split("continue with: ")[1].splitlines()[0])
     assert command[:3] == ["python", "train.py", "--resume"] and "--device" in command, stderr
     result = run_script("train.py", *command[2:])
@@ -114,7 +143,14 @@ def copy_an_earlier_run_with_its_reports(run_dir, out_dir):
     for name in ("best.pt", "last.pt", "metrics.csv", "curves.png"):
         (out_dir / name).write_bytes((run_dir / name).read_bytes())
     # What test.py, test.py --robustness, predict.py and predict.py --errors wrote of its weights:
-    for name in ("test_report.json", "confusion_matrix.png", "robustness.json", "robustness.png", "predictions.png", "errors.png"):
+    for name in (
+        "test_report.json",
+        "confusion_matrix.png",
+        "robustness.json",
+        "robustness.png",
+        "predictions.png",
+        "errors.png",
+    ):
         (out_dir / name).write_text("of the earlier weights")
 
 
@@ -132,7 +168,9 @@ def test_an_overwrite_stopped_in_its_first_epoch_leaves_no_earlier_best_pt(strai
 
 def test_an_overwrite_run_leaves_no_report_of_the_earlier_weights(straight_run, mnist_dir, tmp_path):
     copy_an_earlier_run_with_its_reports(straight_run, tmp_path)
-    result = run_script("train.py", *TINY, "--epochs", "1", "--overwrite", "--out-dir", str(tmp_path), "--data-dir", str(mnist_dir))
+    result = run_script(
+        "train.py", *TINY, "--epochs", "1", "--overwrite", "--out-dir", str(tmp_path), "--data-dir", str(mnist_dir)
+    )
     assert result.returncode == 0, result.stderr
     assert load_checkpoint(tmp_path / "best.pt")["epoch"] == 1  # this run's
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "curves.png", "last.pt", "metrics.csv"]
@@ -150,7 +188,10 @@ def test_a_write_that_fails_half_way_leaves_the_previous_checkpoint_loadable(tmp
     monkeypatch.setattr(checkpoints_module.torch, "save", save_half_then_fail)
     with pytest.raises(UserError) as failed:
         save_checkpoint(tmp_path / "best.pt", ResNet18(), epoch=2)
-    assert str(failed.value) == f"could not write {tmp_path / 'best.pt'}: No space left on device (the earlier best.pt is kept whole)"
+    assert (
+        str(failed.value)
+        == f"could not write {tmp_path / 'best.pt'}: No space left on device (the earlier best.pt is kept whole)"
+    )
     assert failed.value.exit_code == 1
     assert (tmp_path / "best.pt").read_bytes() == before
     assert load_checkpoint(tmp_path / "best.pt")["epoch"] == 1
@@ -163,7 +204,9 @@ def test_files_written_all_or_none_land_together_or_not_at_all(tmp_path):
         write_json(stage(tmp_path / "report.json"), {"accuracy": 0.99})
         with open(stage(tmp_path / "figure.png"), "wb"):  # the disk fills up as the second file is written
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-    assert str(failed.value) == f"could not write {tmp_path / 'figure.png'}: No space left on device"  # the file that failed
+    assert (
+        str(failed.value) == f"could not write {tmp_path / 'figure.png'}: No space left on device"
+    )  # the file that failed
     assert (tmp_path / "report.json").read_text() == "of the earlier weights"  # not a new report beside no figure
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report.json"]  # no temporary file left behind
 
@@ -191,11 +234,18 @@ def train_where_files_stop_at(megabytes: int, *arguments: str) -> subprocess.Com
     import resource  # Unix only
 
     limit = megabytes * 2**20
-    return subprocess.run([sys.executable, str(ROOT / "train.py"), *arguments], cwd=ROOT, capture_output=True, text=True,
-                          preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)))
+    return subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), *arguments],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)),
+    )
 
 
-def test_a_save_the_system_refuses_is_one_line_and_the_run_goes_on_from_its_last_good_checkpoint(straight_run, mnist_dir, tmp_path):
+def test_a_save_the_system_refuses_is_one_line_and_the_run_goes_on_from_its_last_good_checkpoint(
+    straight_run, mnist_dir, tmp_path
+):
     # best.pt (45 MB, the weights) fits under the limit, last.pt (89 MB, with the optimizer's momentum) does not.
     fresh = train_where_files_stop_at(60, *TINY, "--out-dir", str(tmp_path), "--data-dir", str(mnist_dir))
     assert fresh.returncode == 1, fresh.stderr
@@ -211,9 +261,11 @@ def test_a_save_the_system_refuses_is_one_line_and_the_run_goes_on_from_its_last
     epoch_1 = (tmp_path / "last.pt").read_bytes()
     resumed = train_where_files_stop_at(60, "--resume", "--out-dir", str(tmp_path), "--data-dir", str(mnist_dir))
     assert resumed.returncode == 1, resumed.stderr
-    assert resumed.stderr == (f"error: could not write {tmp_path / 'last.pt'}: File too large (the earlier last.pt is kept whole); "
-                              f"the run can go on from {tmp_path / 'last.pt'} with: "
-                              f"{shlex.join(['python', 'train.py', '--resume', '--data-dir', str(mnist_dir), '--out-dir', str(tmp_path)])}\n")
+    assert resumed.stderr == (
+        f"error: could not write {tmp_path / 'last.pt'}: File too large (the earlier last.pt is kept whole); "
+        f"the run can go on from {tmp_path / 'last.pt'} with: "
+        f"{shlex.join(['python', 'train.py', '--resume', '--data-dir', str(mnist_dir), '--out-dir', str(tmp_path)])}\n"
+    )
     assert (tmp_path / "last.pt").read_bytes() == epoch_1
 
     # The command it gives, once the file can be written, ends the run as if nothing had happened.
@@ -228,9 +280,14 @@ def test_an_overwrite_whose_first_save_is_refused_leaves_the_earlier_run_whole(s
     copy_an_earlier_run_with_its_reports(straight_run, tmp_path)
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
     # best.pt fits under the limit, last.pt does not.
-    result = train_where_files_stop_at(60, *TINY, "--overwrite", "--out-dir", str(tmp_path), "--data-dir", str(mnist_dir))
+    result = train_where_files_stop_at(
+        60, *TINY, "--overwrite", "--out-dir", str(tmp_path), "--data-dir", str(mnist_dir)
+    )
     assert result.returncode == 1, result.stderr
-    assert result.stderr == f"error: could not write {tmp_path / 'last.pt'}: File too large (the earlier last.pt is kept whole)\n"
+    assert (
+        result.stderr
+        == f"error: could not write {tmp_path / 'last.pt'}: File too large (the earlier last.pt is kept whole)\n"
+    )
     # Not this run's best.pt beside the earlier run's last.pt, metrics.csv and reports: the earlier run, all of it.
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(before)
     assert [name for name, content in before.items() if (tmp_path / name).read_bytes() != content] == []
@@ -254,14 +311,23 @@ def test_a_checkpoint_that_would_run_code_is_refused_and_the_code_never_runs(tmp
     assert not marker.exists()
 
 
-@pytest.mark.parametrize("field, value, expected", [
-    ("arch", "resnet34-mnist", "arch 'resnet34-mnist', expected 'resnet18-mnist'"),
-    ("num_classes", 100, "num_classes 100, expected 10"),
-    ("input_size", 28, "input_size 28, expected 32"),
-    ("format_version", 99, "format_version 99, expected 1"),
-])
+@pytest.mark.parametrize(
+    "field, value, expected",
+    [
+        ("arch", "resnet34-mnist", "arch 'resnet34-mnist', expected 'resnet18-mnist'"),
+        ("num_classes", 100, "num_classes 100, expected 10"),
+        ("input_size", 28, "input_size 28, expected 32"),
+        ("format_version", 99, "format_version 99, expected 1"),
+    ],
+)
 def test_an_incompatible_checkpoint_says_what_it_is_and_what_was_expected(tmp_path, field, value, expected):
-    checkpoint = {"format_version": 1, "arch": "resnet18-mnist", "num_classes": 10, "input_size": 32, "model": ResNet18().state_dict()}
+    checkpoint = {
+        "format_version": 1,
+        "arch": "resnet18-mnist",
+        "num_classes": 10,
+        "input_size": 32,
+        "model": ResNet18().state_dict(),
+    }
     checkpoint[field] = value
     torch.save(checkpoint, tmp_path / "other.pt")
     with pytest.raises(UserError, match=expected):
@@ -283,15 +349,19 @@ def test_a_second_run_into_the_folder_a_run_is_training_into_is_refused(mnist_di
         first.kill()
         first.wait()
     assert second.returncode == 2, second.stderr
-    assert second.stderr == (f"error: another train.py is writing into {tmp_path} right now: let it finish (or stop it), "
-                             "or train into another --out-dir\n")
+    assert second.stderr == (
+        f"error: another train.py is writing into {tmp_path} right now: let it finish (or stop it), "
+        "or train into another --out-dir\n"
+    )
     claim_folder(tmp_path, "still claimed")  # the claim went with the killed process: nothing stale is left to clear
 
 
 def test_a_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(straight_run, mnist_dir, tmp_path):
     good = (straight_run / "last.pt").read_bytes()
     (tmp_path / "last.pt").write_bytes(good)
-    result = run_script("train.py", *TINY, "--lr", "1e9", "--overwrite", "--out-dir", str(tmp_path), "--data-dir", str(mnist_dir))
+    result = run_script(
+        "train.py", *TINY, "--lr", "1e9", "--overwrite", "--out-dir", str(tmp_path), "--data-dir", str(mnist_dir)
+    )
     assert result.returncode == 1
     assert "non-finite at epoch 1, step" in result.stderr and "Traceback" not in result.stderr
     assert (tmp_path / "last.pt").read_bytes() == good
@@ -313,7 +383,11 @@ def test_the_schedule_rises_then_falls_for_any_number_of_steps():
                 scheduler.step()
             top = lrs.index(max(lrs))
             assert 0 < min(lrs) and max(lrs) <= 0.1 * (1 + 1e-9), (total_steps, warmup, lrs)
-            assert lrs[: top + 1] == sorted(lrs[: top + 1]) and lrs[top:] == sorted(lrs[top:], reverse=True), (total_steps, warmup, lrs)
+            assert lrs[: top + 1] == sorted(lrs[: top + 1]) and lrs[top:] == sorted(lrs[top:], reverse=True), (
+                total_steps,
+                warmup,
+                lrs,
+            )
             if warmup * total_steps >= 2:  # a warm-up of two steps or more starts at OneCycleLR's peak / 25
                 assert lrs[0] == pytest.approx(0.1 / 25)
             if warmup * total_steps == 1:  # one step: the limit of a shorter warm-up, the peak at once

@@ -1,4 +1,5 @@
 """End to end on real MNIST: train.py learns and saves, test.py reports the right number, predict.py draws."""
+
 from __future__ import annotations
 
 import csv
@@ -18,8 +19,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
-
 from conftest import PNG_MAGIC, ROOT, run_script
+
 from model import ResNet18
 
 
@@ -35,23 +36,55 @@ def test_every_script_has_help(script):
 def test_a_reader_that_stops_early_ends_the_script_quietly(mnist_dir, tmp_path, buffered):
     """`python train.py | head -1`: once head has gone, no BrokenPipeError traceback, just exit code 1."""
     env = {**os.environ, "PYTHONUNBUFFERED": "" if buffered else "1"}
-    args = ["--epochs", "1", "--subset", "64", "--val-size", "64", "--out-dir", str(tmp_path), "--data-dir", str(mnist_dir)]
-    process = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    args = [
+        "--epochs",
+        "1",
+        "--subset",
+        "64",
+        "--val-size",
+        "64",
+        "--out-dir",
+        str(tmp_path),
+        "--data-dir",
+        str(mnist_dir),
+    ]
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "train.py"), *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     process.stdout.close()  # the reader is gone before the first line is written
     stderr = process.stderr.read()
     assert process.wait(timeout=300) == 1 and stderr == "", stderr
 
 
 def test_the_default_batch_on_a_cpu_is_128_and_is_saved_for_resume(mnist_dir, tmp_path):
-    result = run_script("train.py", "--device", "cpu", "--epochs", "1", "--subset", "256", "--val-size", "256",
-                        "--out-dir", str(tmp_path), "--data-dir", str(mnist_dir))
+    result = run_script(
+        "train.py",
+        "--device",
+        "cpu",
+        "--epochs",
+        "1",
+        "--subset",
+        "256",
+        "--val-size",
+        "256",
+        "--out-dir",
+        str(tmp_path),
+        "--data-dir",
+        str(mnist_dir),
+    )
     assert result.returncode == 0, result.stderr
     assert "batch 128, 2 steps per epoch" in result.stdout
     assert torch.load(tmp_path / "last.pt", weights_only=True)["args"]["batch_size"] == 128
 
 
-@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="a setting of glibc's malloc; elsewhere keep_freed_memory does nothing")
+@pytest.mark.skipif(
+    platform.libc_ver()[0] != "glibc", reason="a setting of glibc's malloc; elsewhere keep_freed_memory does nothing"
+)
 def test_memory_a_batch_frees_is_reused_without_being_faulted_in_again():
     # What train.py and test.py do first. Without it every batch maps its large activations afresh (fp32 here, 67 MB
     # for the first stage) and faults them in page by page; with it the third batch reuses the first two's memory.
@@ -66,15 +99,34 @@ def test_memory_a_batch_frees_is_reused_without_being_faulted_in_again():
             before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             net(images)
         print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)"""
-    faults = {mode: int(subprocess.run([sys.executable, "-c", code, mode], cwd=ROOT, capture_output=True, text=True, check=True).stdout)
-              for mode in ("default", "keep")}
+    faults = {
+        mode: int(
+            subprocess.run(
+                [sys.executable, "-c", code, mode], cwd=ROOT, capture_output=True, text=True, check=True
+            ).stdout
+        )
+        for mode in ("default", "keep")
+    }
     assert faults["keep"] * 4 < faults["default"], faults  # seen: 0 against 533,000
 
 
 def test_a_compiled_run_takes_the_steps_an_eager_one_takes_and_saves_plain_weights(mnist_dir, tmp_path):
     """--compile changes how a step runs, not what it computes: in fp32 the same two steps, up to rounding."""
-    args = ["--device", "cpu", "--no-amp", "--epochs", "1", "--subset", "256", "--val-size", "256", "--batch-size", "128",
-            "--data-dir", str(mnist_dir)]
+    args = [
+        "--device",
+        "cpu",
+        "--no-amp",
+        "--epochs",
+        "1",
+        "--subset",
+        "256",
+        "--val-size",
+        "256",
+        "--batch-size",
+        "128",
+        "--data-dir",
+        str(mnist_dir),
+    ]
     eager = run_script("train.py", *args, "--out-dir", str(tmp_path / "eager"))
     compiled = run_script("train.py", *args, "--compile", "--out-dir", str(tmp_path / "compiled"))
     assert eager.returncode == 0 and compiled.returncode == 0, compiled.stderr
@@ -93,19 +145,48 @@ def test_a_compiled_run_takes_the_steps_an_eager_one_takes_and_saves_plain_weigh
 def test_the_resume_command_repeats_the_runtime_flags_given(tmp_path):
     from train import parse_args, resume_command
 
-    args = parse_args(["--compile", "--no-cuda-graphs", "--device", "cpu", "--out-dir", str(tmp_path / "a run"), "--epochs", "3"])
+    args = parse_args(
+        ["--compile", "--no-cuda-graphs", "--device", "cpu", "--out-dir", str(tmp_path / "a run"), "--epochs", "3"]
+    )
     # The recipe (--epochs) comes from last.pt; how and where to run from the command line, so it is repeated.
-    assert shlex.split(resume_command(args)) == ["python", "train.py", "--resume", "--compile", "--no-cuda-graphs",
-                                                 "--device", "cpu", "--out-dir", str(tmp_path / "a run")]
+    assert shlex.split(resume_command(args)) == [
+        "python",
+        "train.py",
+        "--resume",
+        "--compile",
+        "--no-cuda-graphs",
+        "--device",
+        "cpu",
+        "--out-dir",
+        str(tmp_path / "a run"),
+    ]
 
 
 def test_progress_bars_show_on_a_terminal_and_stay_out_of_logs(mnist_dir, tmp_path):
     """The epoch's steps and the validation pass get bars with ETA when stderr is a terminal; a log gets none."""
-    args = ["--epochs", "1", "--subset", "256", "--val-size", "256", "--batch-size", "64", "--device", "cpu",
-            "--out-dir", str(tmp_path), "--data-dir", str(mnist_dir)]
+    args = [
+        "--epochs",
+        "1",
+        "--subset",
+        "256",
+        "--val-size",
+        "256",
+        "--batch-size",
+        "64",
+        "--device",
+        "cpu",
+        "--out-dir",
+        str(tmp_path),
+        "--data-dir",
+        str(mnist_dir),
+    ]
     controller, terminal = pty.openpty()
-    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 100, 0, 0))  # rows, columns: tqdm draws nothing in 0 columns
-    process = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=terminal)
+    fcntl.ioctl(
+        terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 100, 0, 0)
+    )  # rows, columns: tqdm draws nothing in 0 columns
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=terminal
+    )
     os.close(terminal)
     shown = b""
     while True:
@@ -131,7 +212,17 @@ def test_train_learns_and_writes_checkpoints_metrics_and_curves(trained, mnist_d
     assert (trained / "curves.png").read_bytes()[:8] == PNG_MAGIC
     rows = list(csv.DictReader(open(trained / "metrics.csv")))
     assert [int(r["epoch"]) for r in rows] == [1, 2]
-    assert set(rows[0]) == {"epoch", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc", "lr", "seconds"}
+    assert set(rows[0]) == {
+        "epoch",
+        "train_loss",
+        "train_acc",
+        "val_loss",
+        "val_acc",
+        "test_loss",
+        "test_acc",
+        "lr",
+        "seconds",
+    }
     assert float(rows[-1]["val_acc"]) > 0.8 and float(rows[-1]["test_acc"]) > 0.8, rows  # chance is 0.1
     assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
     # Epoch 1 ends on the falling cosine; training ends at OneCycleLR's floor (peak / 25 / 1e4), not past it.
@@ -163,19 +254,34 @@ def independent_test_accuracy(weights, mnist_dir) -> int:
     model.load_state_dict(checkpoint["model"])
     model = model.to(memory_format=torch.channels_last).eval()
     dataset = torchvision.datasets.MNIST(mnist_dir, train=False)
-    x = F.interpolate(dataset.data.float().div(255).unsqueeze(1), size=32, mode="bilinear", align_corners=False).clamp(0, 1)
+    x = F.interpolate(dataset.data.float().div(255).unsqueeze(1), size=32, mode="bilinear", align_corners=False).clamp(
+        0, 1
+    )
     x = (x - checkpoint["normalization"]["mean"]) / checkpoint["normalization"]["std"]
     # Small batches: this process keeps glibc's default of unmapping large freed blocks (test.py does not), so each
     # batch of 1,000 faults its activations back in: 84 s per 10,000 images against 57 s in batches of 100 (dev CPU).
     batch, correct = 100, 0
     with torch.no_grad():
         for start in range(0, len(x), batch):
-            correct += (model(x[start : start + batch]).argmax(1) == dataset.targets[start : start + batch]).sum().item()
+            correct += (
+                (model(x[start : start + batch]).argmax(1) == dataset.targets[start : start + batch]).sum().item()
+            )
     return correct
 
 
 def test_test_py_accuracy_equals_an_independent_computation(trained, mnist_dir, tmp_path):
-    result = run_script("test.py", "--weights", str(trained / "best.pt"), "--out-dir", str(tmp_path), "--data-dir", str(mnist_dir), "--device", "cpu", "--no-amp")
+    result = run_script(
+        "test.py",
+        "--weights",
+        str(trained / "best.pt"),
+        "--out-dir",
+        str(tmp_path),
+        "--data-dir",
+        str(mnist_dir),
+        "--device",
+        "cpu",
+        "--no-amp",
+    )
     assert result.returncode == 0, result.stderr
     match = re.search(r"test accuracy: ([\d.]+)% \((\d+)/10000", result.stdout)
     assert match, result.stdout
@@ -208,8 +314,18 @@ def test_per_epoch_test_accuracy_is_what_test_py_reports_for_that_epoch(trained,
 def test_test_py_int8_is_reported_as_such_and_lands_near_the_accuracy_train_py_recorded(trained, mnist_dir, tmp_path):
     rows = list(csv.DictReader(open(trained / "metrics.csv")))
     best_epoch = torch.load(trained / "best.pt", weights_only=True)["epoch"]
-    result = run_script("test.py", "--weights", str(trained / "best.pt"), "--out-dir", str(tmp_path), "--data-dir", str(mnist_dir),
-                        "--device", "cpu", "--int8")
+    result = run_script(
+        "test.py",
+        "--weights",
+        str(trained / "best.pt"),
+        "--out-dir",
+        str(tmp_path),
+        "--data-dir",
+        str(mnist_dir),
+        "--device",
+        "cpu",
+        "--int8",
+    )
     assert result.returncode == 0, result.stderr
     assert "quantized to int8" in result.stdout and "(int8)" in result.stdout, result.stdout
     correct = int(re.search(r"test accuracy: [\d.]+% \((\d+)/10000", result.stdout).group(1))
@@ -218,15 +334,29 @@ def test_test_py_int8_is_reported_as_such_and_lands_near_the_accuracy_train_py_r
 
 
 def test_predict_py_draws_a_grid_and_says_when_it_cannot_show_it(trained, mnist_dir, tmp_path):
-    weights, out = tmp_path / "best.pt", tmp_path / "predictions.png"  # with no --out the figure lies beside the weights
+    weights, out = (
+        tmp_path / "best.pt",
+        tmp_path / "predictions.png",
+    )  # with no --out the figure lies beside the weights
     weights.write_bytes((trained / "best.pt").read_bytes())
     # No display (a server, CI): matplotlib falls back to its file-only backend, as MPLBACKEND=agg forces here.
-    result = run_script("predict.py", "--weights", str(weights), "--num", "9", "--data-dir", str(mnist_dir),
-                        "--show", env={"MPLBACKEND": "agg"})
+    result = run_script(
+        "predict.py",
+        "--weights",
+        str(weights),
+        "--num",
+        "9",
+        "--data-dir",
+        str(mnist_dir),
+        "--show",
+        env={"MPLBACKEND": "agg"},
+    )
     assert result.returncode == 0, result.stderr
     assert out.read_bytes()[:8] == PNG_MAGIC
     assert re.search(r"9 test digits, \d+ predicted correctly", result.stdout)
-    assert result.stderr == f"note: no display to open a window on (matplotlib backend agg); the figure is in {out}\n", result.stderr
+    assert (
+        result.stderr == f"note: no display to open a window on (matplotlib backend agg); the figure is in {out}\n"
+    ), result.stderr
 
 
 def test_predict_py_errors_lists_the_mistakes_test_py_counts_most_confident_first(trained, mnist_dir, tmp_path):
@@ -234,8 +364,19 @@ def test_predict_py_errors_lists_the_mistakes_test_py_counts_most_confident_firs
     best_epoch = torch.load(trained / "best.pt", weights_only=True)["epoch"]
     weights = tmp_path / "best.pt"
     weights.write_bytes((trained / "best.pt").read_bytes())
-    result = run_script("predict.py", "--weights", str(weights), "--errors", "--num", "12", "--json", "--data-dir", str(mnist_dir),
-                        "--device", "cpu")
+    result = run_script(
+        "predict.py",
+        "--weights",
+        str(weights),
+        "--errors",
+        "--num",
+        "12",
+        "--json",
+        "--data-dir",
+        str(mnist_dir),
+        "--device",
+        "cpu",
+    )
     assert result.returncode == 0, result.stderr
     # As many mistakes as train.py's test pass of that epoch counted (the same evaluate, batches and precision).
     count = int(re.search(r"^(\d+) of 10,000 test digits predicted wrongly", result.stderr, re.M).group(1))
@@ -252,8 +393,20 @@ def test_predict_py_errors_lists_the_mistakes_test_py_counts_most_confident_firs
 
 
 def test_predict_py_json_gives_each_sampled_digit_its_index_label_and_top_3(trained, mnist_dir, tmp_path):
-    result = run_script("predict.py", "--weights", str(trained / "best.pt"), "--num", "5", "--json", "--out", str(tmp_path / "p.png"),
-                        "--data-dir", str(mnist_dir), "--device", "cpu")
+    result = run_script(
+        "predict.py",
+        "--weights",
+        str(trained / "best.pt"),
+        "--num",
+        "5",
+        "--json",
+        "--out",
+        str(tmp_path / "p.png"),
+        "--data-dir",
+        str(mnist_dir),
+        "--device",
+        "cpu",
+    )
     assert result.returncode == 0, result.stderr
     records = json.loads(result.stdout)
     targets = torchvision.datasets.MNIST(mnist_dir, train=False).targets
@@ -281,10 +434,26 @@ def test_predict_py_draws_at_most_256_digits_and_lists_them_all(trained, mnist_d
 
     monkeypatch.setattr(predict, "save_figure", keep)
     out = tmp_path / "p.png"
-    predict.main(["--weights", str(trained / "best.pt"), "--num", "300", "--json", "--out", str(out), "--data-dir", str(mnist_dir),
-                  "--device", "cpu"])
+    predict.main(
+        [
+            "--weights",
+            str(trained / "best.pt"),
+            "--num",
+            "300",
+            "--json",
+            "--out",
+            str(out),
+            "--data-dir",
+            str(mnist_dir),
+            "--device",
+            "cpu",
+        ]
+    )
     printed = capsys.readouterr()
     assert len(json.loads(printed.out)) == 300
     assert figures == [(256, "predicted (confidence); the first 256 of 300")]
-    assert re.search(rf"^300 test digits, \d+ predicted correctly; figure saved to {re.escape(str(out))} \(the first 256 drawn\)$",
-                     printed.err, re.M), printed.err
+    assert re.search(
+        rf"^300 test digits, \d+ predicted correctly; figure saved to {re.escape(str(out))} \(the first 256 drawn\)$",
+        printed.err,
+        re.M,
+    ), printed.err

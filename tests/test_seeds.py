@@ -1,4 +1,5 @@
 """benchmarks/seeds.py: the spread over seeds and the time to a target accuracy are computed right, end to end too."""
+
 from __future__ import annotations
 
 import csv
@@ -11,10 +12,10 @@ import sys
 
 import pytest
 import torch
+from conftest import ROOT, run_script
 
 from benchmarks import seeds
 from benchmarks.seeds import summarise
-from conftest import ROOT, run_script
 
 
 def fake_run(folder, test_accs, seconds, val_accs, chosen_epoch, test_acc_of_chosen):
@@ -48,28 +49,65 @@ def test_the_figure_draws_each_seeds_test_error_and_stars_its_chosen_epoch(tmp_p
     }
     drawn = {}
     monkeypatch.setattr(seeds, "save_figure", lambda fig, path: drawn.update(fig=fig, path=path))
-    seeds.plot_seeds(tmp_path / "seeds.png", runs, target=99.5)
-    by_epoch, by_seconds = drawn["fig"].axes
+    seeds.plot_seeds(tmp_path / "seeds.png", runs, target=99.5, ensemble=[0.9970, 0.9975])
+    by_epoch, by_seconds, by_size = drawn["fig"].axes
     assert drawn["path"] == tmp_path / "seeds.png"
-    for ax, x_of_seed in ((by_epoch, {0: [1, 2, 3], 7: [1, 2, 3]}), (by_seconds, {0: [2.0, 4.5, 7.5], 7: [4.0, 8.0, 12.0]})):
+    for ax, x_of_seed in (
+        (by_epoch, {0: [1, 2, 3], 7: [1, 2, 3]}),
+        (by_seconds, {0: [2.0, 4.5, 7.5], 7: [4.0, 8.0, 12.0]}),
+    ):
         curve_0, star_0, curve_7, star_7, target = ax.get_lines()
         assert list(curve_0.get_xdata()) == x_of_seed[0] and list(curve_7.get_xdata()) == x_of_seed[7]
-        assert list(curve_0.get_ydata()) == pytest.approx([1.0, 0.44, 0.30]) and list(curve_7.get_ydata()) == pytest.approx([1.5, 0.6, 0.7])
-        assert (list(star_0.get_xdata()), list(star_0.get_ydata())) == ([x_of_seed[0][2]], pytest.approx([0.30]))  # epoch 3
-        assert (list(star_7.get_xdata()), list(star_7.get_ydata())) == ([x_of_seed[7][1]], pytest.approx([0.6]))  # epoch 2
+        assert list(curve_0.get_ydata()) == pytest.approx([1.0, 0.44, 0.30]) and list(
+            curve_7.get_ydata()
+        ) == pytest.approx([1.5, 0.6, 0.7])
+        assert (list(star_0.get_xdata()), list(star_0.get_ydata())) == (
+            [x_of_seed[0][2]],
+            pytest.approx([0.30]),
+        )  # epoch 3
+        assert (list(star_7.get_xdata()), list(star_7.get_ydata())) == (
+            [x_of_seed[7][1]],
+            pytest.approx([0.6]),
+        )  # epoch 2
         assert list(target.get_ydata()) == pytest.approx([0.5, 0.5])
-    assert [t.get_text() for t in by_epoch.get_legend().get_texts()] == ["seed 0: 99.70%", "seed 7: 99.40%", "99.5% accuracy"]
+    assert [t.get_text() for t in by_epoch.get_legend().get_texts()] == [
+        "seed 0: 99.70%",
+        "seed 7: 99.40%",
+        "99.5% accuracy",
+    ]
+    ensemble, target = by_size.get_lines()  # test error against the number of seeds in the ensemble
+    assert list(ensemble.get_xdata()) == [1, 2] and list(ensemble.get_ydata()) == pytest.approx([0.30, 0.25])
+    assert list(target.get_ydata()) == pytest.approx([0.5, 0.5])
 
 
 def test_flags_it_sets_itself_are_refused_after_the_separator():
     result = run_script("benchmarks/seeds.py", "--", "--epochs", "1", "--seed=3")
-    assert result.returncode == 2 and result.stderr.startswith("error: --seed=3 after -- is set by this script"), result.stderr
+    assert result.returncode == 2 and result.stderr.startswith("error: --seed=3 after -- is set by this script"), (
+        result.stderr
+    )
     assert "Traceback" not in result.stderr
 
 
 def test_one_seed_end_to_end(tmp_path, mnist_dir):
-    command = ["--seeds", "5", "--device", "cpu", "--data-dir", str(mnist_dir), "--out-dir", str(tmp_path),
-               "--", "--epochs", "1", "--subset", "512", "--val-size", "256", "--batch-size", "64"]
+    command = [
+        "--seeds",
+        "5",
+        "--device",
+        "cpu",
+        "--data-dir",
+        str(mnist_dir),
+        "--out-dir",
+        str(tmp_path),
+        "--",
+        "--epochs",
+        "1",
+        "--subset",
+        "512",
+        "--val-size",
+        "256",
+        "--batch-size",
+        "64",
+    ]
     result = run_script("benchmarks/seeds.py", *command)
     assert result.returncode == 0, result.stderr
     run = tmp_path / "seed5"
@@ -81,8 +119,12 @@ def test_one_seed_end_to_end(tmp_path, mnist_dir):
     row = re.search(r"^\| 5 \| ([\d.]+) \| ([\d.]+) \| 1 \| [\d.]+% \| ([\d.]+)% \|", summary, re.M)
     assert row, summary
     assert float(row.group(3)) == round(100 * test_acc, 2)
+    # An ensemble of this one seed, computed in seeds.py, is the model test.py tested: the same accuracy.
+    assert f"| 1 | 5 | {100 * test_acc:.2f}% |" in summary
     assert float(row.group(1)) > float(row.group(2)) > 0  # the whole command includes start-up and data loading
-    assert (tmp_path / "seeds.png").read_bytes().startswith(b"\x89PNG") and f"and {tmp_path / 'seeds.png'}" in result.stdout
+    assert (tmp_path / "seeds.png").read_bytes().startswith(
+        b"\x89PNG"
+    ) and f"and {tmp_path / 'seeds.png'}" in result.stdout
 
     # The same command again finds the seed done: nothing is trained or tested again, the summary is the same.
     trained_at = (run / "best.pt").stat().st_mtime
@@ -93,25 +135,53 @@ def test_one_seed_end_to_end(tmp_path, mnist_dir):
 
     # Other train.py flags into the same folder would mix two recipes: refused, and nothing is touched.
     other = run_script("benchmarks/seeds.py", *command[:-1], "32")
-    assert other.returncode == 2 and other.stderr == (f"error: {run} holds a run of train.py flags --epochs 1 --subset 512 "
-                                                      f"--val-size 256 --batch-size 64; choose another --out-dir or remove {run}\n"), other.stderr
+    assert other.returncode == 2 and other.stderr == (
+        f"error: {run} holds a run of train.py flags --epochs 1 --subset 512 "
+        f"--val-size 256 --batch-size 64; choose another --out-dir or remove {run}\n"
+    ), other.stderr
     assert (run / "best.pt").stat().st_mtime == trained_at
 
 
 def test_ctrl_c_reaches_train_py_which_saves_before_both_stop_and_the_same_command_goes_on(tmp_path, mnist_dir):
     """Ctrl-C in a terminal signals the whole foreground process group: seeds.py must wait while train.py saves."""
-    command = ["--seeds", "0", "--device", "cpu", "--data-dir", str(mnist_dir), "--out-dir", str(tmp_path),
-               "--", "--epochs", "1", "--subset", "1024", "--val-size", "256", "--batch-size", "32", "--no-cuda-graphs"]
-    process = subprocess.Popen([sys.executable, str(ROOT / "benchmarks/seeds.py"), *command],
-                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    command = [
+        "--seeds",
+        "0",
+        "--device",
+        "cpu",
+        "--data-dir",
+        str(mnist_dir),
+        "--out-dir",
+        str(tmp_path),
+        "--",
+        "--epochs",
+        "1",
+        "--subset",
+        "1024",
+        "--val-size",
+        "256",
+        "--batch-size",
+        "32",
+        "--no-cuda-graphs",
+    ]
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "benchmarks/seeds.py"), *command],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     for line in process.stdout:
         if line.startswith("ResNet-18 ("):  # train.py is about to take its first step
             break
     os.killpg(process.pid, signal.SIGINT)
     _, stderr = process.communicate(timeout=300)
     assert process.returncode == 130, stderr
-    assert stderr.rstrip().endswith("error: train.py for seed 0 was interrupted; run the same command again to go on from there"), stderr
+    assert stderr.rstrip().endswith(
+        "error: train.py for seed 0 was interrupted; run the same command again to go on from there"
+    ), stderr
     last = torch.load(tmp_path / "seed0" / "last.pt", weights_only=True)
     assert last["epoch"] == 0 and 1 <= last["step"] < 32, last["step"]  # saved mid-epoch, resumable
     assert not (tmp_path / "seed0" / "test_report.json").exists() and not (tmp_path / "summary.md").exists()
@@ -119,6 +189,7 @@ def test_ctrl_c_reaches_train_py_which_saves_before_both_stop_and_the_same_comma
     result = run_script("benchmarks/seeds.py", *command)
     assert result.returncode == 0, result.stderr
     assert f"resuming {tmp_path / 'seed0' / 'last.pt'} at epoch 1, step {last['step']}/32" in result.stdout
-    # A flag of how to run (not part of the recipe in last.pt) is passed again: --resume takes those from the command line.
+    # A flag of how to run (not part of the recipe in last.pt) is passed again: --resume takes those from the command
+    # line.
     assert re.search(r"^=== seed 0: .* --resume .*--no-cuda-graphs$", result.stdout, re.M), result.stdout
     assert re.search(r"^\| 0 \| resumed \| [\d.]+ \| 1 \|", (tmp_path / "summary.md").read_text(), re.M), result.stdout

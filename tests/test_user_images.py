@@ -1,4 +1,5 @@
 """Users' own digits: photos/scans are classified as well as MNIST itself; the robustness report works."""
+
 from __future__ import annotations
 
 import json
@@ -6,13 +7,13 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import run_script
 from PIL import Image
+from render_digits import write_rendered
 
 import data
-from conftest import run_script
 from lib.checkpoints import load_model
 from lib.inference import probabilities
-from render_digits import write_rendered
 from test import CORRUPTIONS, corrupt
 
 N_DIGITS = 300
@@ -22,13 +23,27 @@ N_DIGITS = 300
 def rendered(tmp_path_factory, mnist_dir):
     images, labels = data.load_split(mnist_dir, train=False)
     folder = tmp_path_factory.mktemp("rendered")
-    return write_rendered(images[:N_DIGITS].numpy(), labels[:N_DIGITS].numpy(), folder), images[:N_DIGITS], labels[:N_DIGITS]
+    return (
+        write_rendered(images[:N_DIGITS].numpy(), labels[:N_DIGITS].numpy(), folder),
+        images[:N_DIGITS],
+        labels[:N_DIGITS],
+    )
 
 
 def test_photos_of_digits_score_within_5_points_of_the_originals(trained, rendered, tmp_path):
     paths, images, labels = rendered
-    result = run_script("predict.py", "--images", str(paths[0].parent), "--json", "--weights", str(trained / "best.pt"),
-                        "--out", str(tmp_path / "seen.png"), "--device", "cpu")
+    result = run_script(
+        "predict.py",
+        "--images",
+        str(paths[0].parent),
+        "--json",
+        "--weights",
+        str(trained / "best.pt"),
+        "--out",
+        str(tmp_path / "seen.png"),
+        "--device",
+        "cpu",
+    )
     assert result.returncode == 0, result.stderr
     predictions = {r["path"]: r["prediction"] for r in json.loads(result.stdout)}
     assert len(predictions) == N_DIGITS
@@ -36,17 +51,25 @@ def test_photos_of_digits_score_within_5_points_of_the_originals(trained, render
     on_files = np.mean([predictions[str(p)] == int(p.stem.split("label")[1]) for p in paths])
 
     model, _ = load_model(trained / "best.pt", torch.device("cpu"))
-    on_originals = (probabilities(model, data.to_model_size(images), amp=True).argmax(1) == labels).float().mean().item()
+    on_originals = (
+        (probabilities(model, data.to_model_size(images), amp=True).argmax(1) == labels).float().mean().item()
+    )
     # Control: the same files without the MNIST-style preprocessing, just grayscale and resized.
-    unprocessed = torch.stack([torch.nn.functional.interpolate(data.read_image(p)[None, None], size=32, mode="bilinear", antialias=True)[0]
-                               for p in paths])
+    unprocessed = torch.stack(
+        [
+            torch.nn.functional.interpolate(data.read_image(p)[None, None], size=32, mode="bilinear", antialias=True)[0]
+            for p in paths
+        ]
+    )
     control = (probabilities(model, unprocessed, amp=True).argmax(1) == labels).float().mean().item()
 
     # The 2-epoch model (~87%) has many close calls, and re-rendering flips 7-9% of its predictions both ways, so 300
     # digits leave about 1.6 points of noise on the gap (measured: 2.0 points; 2.5 over 1,000 digits). Fitting the
     # digit to a 16 or 26 pixel box instead of 20 costs 6-14 points; test_photos_of_digits_come_back_as_mnist_digits
     # checks the preprocessing itself more finely.
-    print(f"\nrendered files {on_files:.1%}, originals {on_originals:.1%}, rendered without preprocessing {control:.1%}")
+    print(
+        f"\nrendered files {on_files:.1%}, originals {on_originals:.1%}, rendered without preprocessing {control:.1%}"
+    )
     assert abs(on_files - on_originals) <= 0.05, (on_files, on_originals)
     assert control < on_files - 0.5, (control, on_files)
     assert (tmp_path / "seen.png").read_bytes()[:4] == b"\x89PNG"
@@ -72,8 +95,19 @@ def test_one_bad_file_is_reported_and_the_others_are_still_classified(trained, r
     Image.new("L", (200, 150), 230).save(tmp_path / "blank.png")
     (tmp_path / "notes.png").write_text("not an image")
     Image.new("L", (8000, 6000), 255).save(tmp_path / "huge.png")  # 48 megapixels, a few KB on disk
-    result = run_script("predict.py", "--images", str(paths[0]), str(tmp_path / "blank.png"), str(tmp_path / "notes.png"),
-                        str(tmp_path / "huge.png"), str(paths[1]), "--weights", str(trained / "best.pt"), "--out", str(tmp_path / "f.png"))
+    result = run_script(
+        "predict.py",
+        "--images",
+        str(paths[0]),
+        str(tmp_path / "blank.png"),
+        str(tmp_path / "notes.png"),
+        str(tmp_path / "huge.png"),
+        str(paths[1]),
+        "--weights",
+        str(trained / "best.pt"),
+        "--out",
+        str(tmp_path / "f.png"),
+    )
     assert result.returncode == 1
     assert "blank.png: no digit found" in result.stderr
     assert "notes.png: not an image file" in result.stderr
@@ -97,14 +131,18 @@ def test_a_photo_is_kept_for_the_figure_as_a_small_preview_of_the_same_picture()
     small = preview(photo)
     assert small.shape == (180, 240)
     assert abs(small.mean() - photo.mean()) < 1e-3
-    assert torch.allclose(preview(torch.full((3000, 4000), 0.25)), torch.tensor(0.25))  # the picture, not a crop or a tint
+    assert torch.allclose(
+        preview(torch.full((3000, 4000), 0.25)), torch.tensor(0.25)
+    )  # the picture, not a crop or a tint
     icon = torch.rand(28, 28)
     assert preview(icon) is icon
 
 
 def test_the_box_blur_that_finds_the_ink_is_the_square_box_computed_in_two_passes():
     image = torch.rand(300, 400)
-    square = torch.nn.functional.avg_pool2d(torch.nn.functional.pad(image[None, None], [4] * 4, mode="replicate"), 9, stride=1)[0, 0]
+    square = torch.nn.functional.avg_pool2d(
+        torch.nn.functional.pad(image[None, None], [4] * 4, mode="replicate"), 9, stride=1
+    )[0, 0]
     assert torch.allclose(data.box_blur(image, 9), square, atol=1e-5)
     assert data.box_blur(image, 1) is image
 
@@ -119,8 +157,18 @@ def test_corruptions_are_deterministic_given_a_seed_and_keep_shape():
 
 
 def test_robustness_report_writes_table_json_and_chart(trained, mnist_dir, tmp_path):
-    result = run_script("test.py", "--weights", str(trained / "best.pt"), "--robustness", "--robustness-images", "300",
-                        "--out-dir", str(tmp_path), "--data-dir", str(mnist_dir))
+    result = run_script(
+        "test.py",
+        "--weights",
+        str(trained / "best.pt"),
+        "--robustness",
+        "--robustness-images",
+        "300",
+        "--out-dir",
+        str(tmp_path),
+        "--data-dir",
+        str(mnist_dir),
+    )
     assert result.returncode == 0, result.stderr
     report = json.loads((tmp_path / "robustness.json").read_text())
     assert set(report["corruptions"]) == set(CORRUPTIONS) and report["images"] == 300
