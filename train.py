@@ -217,6 +217,10 @@ def check_how_to_run(args: argparse.Namespace, device: torch.device, world_size:
         if not shutil.which(compiler):
             raise UserError(f"--compile on a CPU needs the C++ compiler {compiler} (set CXX to use another), and it "
                             "was not found")
+
+
+def seed_everything(args: argparse.Namespace) -> None:
+    """The seed of the initial weights; with --deterministic, the kernels that give the same result every time."""
     if args.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
@@ -413,6 +417,7 @@ def main(argv: list[str] | None = None) -> torch.nn.Module | None:
     args.batch_size = args.batch_size or default_batch_size(device)
     rank, world_size, device = setup_distributed(device)
     check_how_to_run(args, device, world_size)
+    seed_everything(args)
     run, (start_epoch, start_step, partial) = prepare(args, folder, device, rank, world_size)
     if start_epoch >= args.epochs:
         print(f"{folder.last_pt} already finished all {args.epochs} epochs; nothing to resume")

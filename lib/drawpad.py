@@ -21,7 +21,7 @@ from lib.plots import pyplot
 
 PAD_PIXELS = 280  # the pad's side: ten times MNIST's, so a stroke looks smooth
 PEN_RADIUS = PAD_PIXELS * 0.035  # a marker's width in proportion to the pad: MNIST's strokes to a digit's height
-PREDICT_EVERY = 0.1  # seconds between predictions while the pen moves; the answer keeps up, the pen never lags
+PREDICT_EVERY = 0.25  # seconds between predictions, and redraws of the answer, while the pen moves
 PAD_BOX = (0.02, 0.12, 0.8 * 6 / 11, 0.8)  # the pad's axes in figure fractions: a square in the 11 x 6 inch window
 HINT = "draw with the left button    c or right click: clear    u: undo    s: save    q or Esc: quit"
 
@@ -142,14 +142,23 @@ class DrawPad:
         if event.button == 3:
             self._clear()
         elif event.button == 1 and (point := self._point(event)) is not None:
-            self.pen_down = True
+            self.pen_down, self.predicted_at = True, time.perf_counter()
             self.drawing.start(*point)
-            self._refresh(predict=False)
+            self._blit_pad()
 
     def _move(self, event) -> None:
         if self.pen_down and (point := self._point(event)) is not None:
             self.drawing.extend(*point)
-            self._refresh(predict=time.perf_counter() - self.predicted_at > PREDICT_EVERY)
+            if time.perf_counter() - self.predicted_at > PREDICT_EVERY:
+                self._refresh(predict=True)
+            else:
+                self._blit_pad()
+
+    def _blit_pad(self) -> None:
+        """Redraw the pad alone: a whole redraw per mouse event would lag, and the toolkit then drops events."""
+        self.pad_image.set_data(self.drawing.image().numpy())
+        self.ax_pad.draw_artist(self.pad_image)
+        self.fig.canvas.blit(self.ax_pad.bbox)
 
     def _release(self, event) -> None:
         if event.button == 1 and self.pen_down:

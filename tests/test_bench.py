@@ -148,7 +148,9 @@ def test_gpu_checks_trains_the_batch_size_and_photometric_seeds_side_by_side_the
     gathered = (logs / "5-seeds-batch.log").read_text()
     for name in ("b256", "b128"):
         assert f"ran: benchmarks/seeds.py --out-dir {runs}/{name} -- {recipes[name]}\n" in gathered
-    assert f"ran: benchmarks/seeds.py --out-dir {runs}/default\n" in (logs / "3-seeds-default.log").read_text()
+    assert f"ran: benchmarks/seeds.py --seeds 0 1 2 3 4 --out-dir {runs}/default\n" in (
+        logs / "3-seeds-default.log"
+    ).read_text()
     assert (
         f"ran: benchmarks/seeds.py --out-dir {runs}/b128-e3 -- --batch-size 128 --epochs 3\n"
         in (logs / "4-seeds-b128-e3.log").read_text()

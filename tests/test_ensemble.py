@@ -27,7 +27,7 @@ def second_seed(tmp_path_factory, mnist_dir):
 @pytest.fixture(scope="module")
 def test_images(mnist_dir):
     images, labels = data.load_test(mnist_dir, CPU)
-    return images[:2000], labels[:2000]
+    return images[:500], labels[:500]
 
 
 def test_the_ensembles_probabilities_are_the_mean_of_its_members(trained, second_seed, test_images):
