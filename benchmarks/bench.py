@@ -25,12 +25,12 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import data  # noqa: E402
-from lib.cli import ArgumentParser, add_shared_flags, positive_float, positive_int, progress, run_cli  # noqa: E402
-from lib.device import bf16_supported, keep_freed_memory, pick_device, synchronize  # noqa: E402
-from lib.inference import EVAL_BATCH_SIZE, fold_batchnorm, predict_logits, quantize_int8  # noqa: E402
-from lib.training import compile_training_step, default_batch_size, graph_training_step, sgd, training_step  # noqa: E402
-from model import ResNet18, to_device  # noqa: E402
+import data
+from lib.cli import ArgumentParser, add_shared_flags, positive_float, positive_int, progress, run_cli
+from lib.device import bf16_supported, keep_freed_memory, pick_device, synchronize
+from lib.inference import EVAL_BATCH_SIZE, fold_batchnorm, predict_logits, quantize_int8
+from lib.training import compile_training_step, default_batch_size, graph_training_step, sgd, training_step
+from model import ResNet18, to_device
 
 TRAIN_GFLOP, FORWARD_GFLOP = 3.32, 1.11  # per 32x32 image, counted with torch.utils.flop_counter.FlopCounterMode
 

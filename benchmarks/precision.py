@@ -10,11 +10,11 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import data  # noqa: E402
-from lib.checkpoints import load_model  # noqa: E402
-from lib.cli import ArgumentParser, UserError, add_shared_flags, positive_int, run_cli  # noqa: E402
-from lib.device import bf16_supported, keep_freed_memory, pick_device, synchronize  # noqa: E402
-from lib.inference import EVAL_BATCH_SIZE, evaluate, int8_model  # noqa: E402
+import data
+from lib.checkpoints import load_model
+from lib.cli import ArgumentParser, UserError, add_shared_flags, positive_int, run_cli
+from lib.device import bf16_supported, keep_freed_memory, pick_device, synchronize
+from lib.inference import EVAL_BATCH_SIZE, evaluate, int8_model
 
 
 def parse_args(argv: list[str] | None = None):

@@ -28,9 +28,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from lib.cli import ArgumentParser, UserError, add_shared_flags, random_seed, run_cli  # noqa: E402
-from lib.files import all_or_none, check_writable_dir, write_json  # noqa: E402
-from lib.plots import pyplot, save_figure  # noqa: E402
+from lib.cli import ArgumentParser, UserError, add_shared_flags, random_seed, run_cli
+from lib.files import all_or_none, check_writable_dir, write_json
+from lib.plots import pyplot, save_figure
 
 OWN_FLAGS = ("--seed", "--out-dir", "--test-each-epoch")  # set per seed by this script
 # In each seed's folder: its train.py flags, whether training finished, and how long it took.

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import train  # noqa: E402
+import train
 
 if __name__ == "__main__":
     weights_dir, argv = Path(sys.argv[1]), sys.argv[2:]
