@@ -17,9 +17,10 @@ CPU = torch.device("cpu")
 
 @pytest.fixture(scope="module")
 def second_seed(tmp_path_factory, mnist_dir):
-    """The tests' quick recipe again, with another seed: a second member that predicts differently."""
+    """The tests' quick recipe again for one epoch, with another seed: a second member that predicts differently."""
     out = tmp_path_factory.mktemp("seed1")
-    result = run_script("train.py", *QUICK_RECIPE, "--seed", "1", "--out-dir", str(out), "--data-dir", str(mnist_dir))
+    result = run_script("train.py", *QUICK_RECIPE, "--epochs", "1", "--seed", "1", "--out-dir", str(out),
+                        "--data-dir", str(mnist_dir))
     assert result.returncode == 0, result.stderr
     return out
 
