@@ -19,10 +19,11 @@ import torch.nn.functional as F
 
 import data
 from lib import inference
+from lib.checkpoints import weights_folder
 from lib.cli import ArgumentParser, UserError, add_shared_flags, add_weights_flag, positive_int, random_seed, run_cli
 from lib.device import pick_device
 from lib.drawpad import DrawPad
-from lib.inference import EVAL_BATCH_SIZE, evaluate_split, fold_batchnorm, load_models
+from lib.inference import EVAL_BATCH_SIZE, evaluate_split, fold_batchnorm, load_models, prediction_records
 from lib.plots import check_figure_path, opens_windows, pyplot, save_figure, show_window
 
 SAMPLES_SHOWN = 16  # --num's default for random test digits
@@ -56,18 +57,6 @@ def parse_args(argv: list[str] | None = None):
     parser.add_argument("--show", action="store_true", help="also open the figure in a window")
     add_shared_flags(parser, "--device", "--no-amp")
     return parser.parse_args(argv)
-
-
-def prediction_records(probabilities: torch.Tensor, members: int = 1) -> list[dict]:
-    """Each row of probabilities [N, 10] as {"prediction", "confidence", "top3"}: what --json prints per digit.
-
-    An ensemble's records also say how many models voted ("members").
-    """
-    top_p, top_k = probabilities.topk(3, dim=1)
-    voted = {"members": members} if members > 1 else {}
-    return [{"prediction": int(k[0]), "confidence": float(p[0]),
-             "top3": [{"digit": int(d), "probability": float(q)} for d, q in zip(k, p)], **voted}
-            for k, p in zip(top_k, top_p)]
 
 
 def records_of_test_digits(indices: torch.Tensor, labels: torch.Tensor, probabilities: torch.Tensor,
@@ -221,7 +210,8 @@ def draw(args) -> None:
     model, _ = load_models(args.weights, device)
     folded = fold_batchnorm(model)
     try:
-        pad = DrawPad(lambda images: inference.probabilities(folded, images, args.amp), Path(args.save_dir), args.json)
+        pad = DrawPad(lambda images: inference.probabilities(folded, images, args.amp), Path(args.save_dir), args.json,
+                      members=len(args.weights))
     except Exception as error:  # the display named cannot be opened: Tk's TclError, or another toolkit's
         raise UserError(f"--draw could not open a window: {str(error).splitlines()[0]}") from None
     pad.show()
@@ -230,9 +220,7 @@ def draw(args) -> None:
 def default_figure_path(args) -> str:
     """Beside the weights it shows; an ensemble's, named ensemble_*, in the folder its members share."""
     name = "errors.png" if args.errors else "predictions.png"
-    if len(args.weights) == 1:
-        return str(Path(args.weights[0]).parent / name)
-    return str(Path(os.path.commonpath([str(Path(w).parent.absolute()) for w in args.weights])) / f"ensemble_{name}")
+    return str(weights_folder(args.weights) / (name if len(args.weights) == 1 else f"ensemble_{name}"))
 
 
 def main(argv: list[str] | None = None) -> None:

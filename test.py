@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -15,6 +14,7 @@ from pathlib import Path
 import torch
 
 import data
+from lib.checkpoints import weights_folder
 from lib.cli import ArgumentParser, add_shared_flags, add_weights_flag, positive_int, progress, random_seed, run_cli
 from lib.device import bf16_supported, keep_freed_memory, pick_device, synchronize
 from lib.files import all_or_none, check_writable_dir, write_json
@@ -183,11 +183,9 @@ def report_folder(args) -> tuple[Path, str]:
     """
     if args.out_dir:
         return Path(args.out_dir), f"--out-dir {args.out_dir}"
-    if len(args.weights) == 1:
-        folder = Path(args.weights[0]).parent  # a report lies beside the weights it is about
-        return folder, f"{folder} (the folder of --weights, where the report goes without --out-dir)"
-    folder = Path(os.path.commonpath([str(Path(w).parent.absolute()) for w in args.weights]))
-    return folder, f"{folder} (the folder the --weights share, where the report goes without --out-dir)"
+    folder = weights_folder(args.weights)  # a report lies beside the weights it is about
+    which = "the folder of --weights" if len(args.weights) == 1 else "the folder the --weights share"
+    return folder, f"{folder} ({which}, where the report goes without --out-dir)"
 
 
 def weights_line(args, checkpoints: list[dict]) -> str:

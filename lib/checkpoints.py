@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import os
 import pickle
 import re
 import zipfile
@@ -95,6 +96,13 @@ def load_model(path: str | Path, device: torch.device) -> tuple[nn.Module, dict]
         first = str(error).splitlines()[0]
         raise UserError(f"{path} does not hold ResNet-18 weights of this shape ({first})") from None
     return to_device(model, device).eval(), checkpoint
+
+
+def weights_folder(paths: list[str]) -> Path:
+    """Where reports of these checkpoints go: beside one, or in the folder several share (runs/ for runs/seed*/)."""
+    if len(paths) == 1:
+        return Path(paths[0]).parent
+    return Path(os.path.commonpath([str(Path(path).parent.absolute()) for path in paths]))
 
 
 def write_metrics_csv(path: Path, history: list[dict]) -> None:

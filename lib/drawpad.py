@@ -17,6 +17,7 @@ import torch
 import data
 from lib.cli import UserError
 from lib.files import atomic_write
+from lib.inference import prediction_records
 from lib.plots import pyplot
 
 PAD_PIXELS = 280  # the pad's side: ten times MNIST's, so a stroke looks smooth
@@ -95,11 +96,13 @@ def answer_line(record: dict, as_json: bool) -> str:
 class DrawPad:
     """The --draw window: the pad on the left, what the model sees and its answer on the right.
 
-    `classify` takes [N, 1, 32, 32] images in [0, 1] and returns probabilities [N, 10].
+    `classify` takes [N, 1, 32, 32] images in [0, 1] and returns probabilities [N, 10]; `members` is how many
+    models vote in it, recorded with each answer as --images records it.
     """
 
-    def __init__(self, classify: Callable[[torch.Tensor], torch.Tensor], save_dir: Path, as_json: bool):
-        self.classify, self.save_dir, self.as_json = classify, save_dir, as_json
+    def __init__(self, classify: Callable[[torch.Tensor], torch.Tensor], save_dir: Path, as_json: bool,
+                 members: int = 1):
+        self.classify, self.save_dir, self.as_json, self.members = classify, save_dir, as_json, members
         self.drawing = Drawing()
         self.pen_down, self.predicted_at, self.answer = False, 0.0, None
         classify(torch.zeros(1, 1, 32, 32))  # the first call's set-up now, not in the middle of the first stroke
@@ -204,10 +207,7 @@ class DrawPad:
         except UserError:  # a dot too small to find as a digit: no answer yet
             return
         probabilities = self.classify(seen[None])[0]
-        top_p, top_k = probabilities.topk(3)
-        self.answer = {"prediction": int(top_k[0]), "confidence": float(top_p[0]),
-                       "top3": [{"digit": int(d), "probability": float(p)} for d, p in zip(top_k, top_p)],
-                       "strokes": len(self.drawing.strokes)}
+        self.answer = {**prediction_records(probabilities[None], self.members)[0], "strokes": len(self.drawing.strokes)}
         self.seen_image.set_data(seen[0].numpy())
         for bar, p in zip(self.bars, probabilities.tolist()):
             bar.set_height(p)

@@ -134,6 +134,18 @@ def probabilities(model: nn.Module, images: torch.Tensor, amp: bool) -> torch.Te
     return predict_logits(model, batches, amp).softmax(1).cpu()
 
 
+def prediction_records(probabilities: torch.Tensor, members: int = 1) -> list[dict]:
+    """Each row of probabilities [N, 10] as {"prediction", "confidence", "top3"}: what --json prints per digit.
+
+    An ensemble's records also say how many models voted ("members").
+    """
+    top_p, top_k = probabilities.topk(3, dim=1)
+    voted = {"members": members} if members > 1 else {}
+    return [{"prediction": int(k[0]), "confidence": float(p[0]),
+             "top3": [{"digit": int(d), "probability": float(q)} for d, q in zip(k, p)], **voted}
+            for k, p in zip(top_k, top_p)]
+
+
 def evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], amp: bool = True) -> dict:
     """Loss, accuracy and logits of `model` over (images, labels) batches, by predict_logits.
 
