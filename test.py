@@ -26,6 +26,7 @@ from lib.inference import (
     evaluate_split,
     int8_model,
     load_models,
+    score,
 )
 from lib.plots import pyplot, save_figure
 
@@ -196,20 +197,24 @@ def weights_line(args, checkpoints: list[dict]) -> str:
     return f"weights: {args.weights[0]} (epoch {checkpoints[0].get('epoch', '?')}{chosen})"
 
 
-def evaluate_members(ensemble: Ensemble, images, labels, args, checkpoints: list[dict]) -> list[dict]:
-    """Each member's test accuracy and loss, printed as a table and returned for the report."""
-    rows = []
+def evaluate_ensemble(ensemble: Ensemble, images, labels, args, checkpoints: list[dict]) -> tuple[dict, list[dict]]:
+    """The ensemble's result and each member's test accuracy and loss, the latter printed as a table.
+
+    Each member runs once: the ensemble's output is combined from their logits, as its forward() combines them.
+    """
+    rows, logits = [], []
     for path, member, checkpoint in zip(args.weights, ensemble.members, checkpoints):
         result = evaluate_split(member, images, labels, args.batch_size, args.amp, desc=f"test {path}")
         rows.append({"weights": path, "epoch": checkpoint.get("epoch"), "accuracy": result["accuracy"],
                      "loss": result["loss"]})
+        logits.append(result["logits"])
     width = max(len(row["weights"]) for row in rows)
     print(f"{'member':<{width}}  epoch  test acc  test loss")
     for row in rows:
         print(f"{row['weights']:<{width}}  {row['epoch'] if row['epoch'] is not None else '?':>5}  "
               f"{100 * row['accuracy']:7.2f}%  {row['loss']:9.4f}")
     print()
-    return rows
+    return score(Ensemble.combine(logits), labels), rows
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -222,14 +227,16 @@ def main(argv: list[str] | None = None) -> None:
     if args.int8:  # before the test images are loaded, so that --int8 off the CPU is refused at once
         model = int8_model(model, args.data_dir, args.batch_size, device)
     images, labels = data.load_test(args.data_dir, device)
-    members = evaluate_members(model, images, labels, args, checkpoints) if isinstance(model, Ensemble) else None
-    prefix = "ensemble_" if members else ""  # an ensemble's files never replace one of its members' own
 
     synchronize(device)
     started = time.perf_counter()
-    result = evaluate_split(model, images, labels, args.batch_size, args.amp, desc="test")
+    if isinstance(model, Ensemble):
+        result, members = evaluate_ensemble(model, images, labels, args, checkpoints)
+    else:
+        result, members = evaluate_split(model, images, labels, args.batch_size, args.amp, desc="test"), None
     synchronize(device)
     seconds = time.perf_counter() - started
+    prefix = "ensemble_" if members else ""  # an ensemble's files never replace one of its members' own
 
     predictions = result["logits"].argmax(1).cpu()
     truth = result["labels"].cpu()

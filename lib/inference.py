@@ -160,7 +160,11 @@ def evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tenso
             yield x
 
     logits = predict_logits(model, images(), amp)
-    labels = torch.cat(labels) if labels else torch.empty(0, dtype=torch.long, device=logits.device)
+    return score(logits, torch.cat(labels) if labels else torch.empty(0, dtype=torch.long, device=logits.device))
+
+
+def score(logits: torch.Tensor, labels: torch.Tensor) -> dict:
+    """evaluate()'s result for logits already computed: test.py scores an ensemble from its members' logits."""
     loss_sum = F.cross_entropy(logits, labels, reduction="sum")
     correct = (logits.argmax(1) == labels).sum()
     count = len(labels)

@@ -10,7 +10,7 @@ from conftest import QUICK_RECIPE, run_script
 
 import data
 from lib.checkpoints import load_checkpoint, load_model
-from lib.inference import Ensemble, evaluate_split, load_models, probabilities
+from lib.inference import Ensemble, evaluate_split, load_models, probabilities, score
 
 CPU = torch.device("cpu")
 
@@ -39,6 +39,18 @@ def test_the_ensembles_probabilities_are_the_mean_of_its_members(trained, second
     assert (first.argmax(1) != second.argmax(1)).any(), "two seeds that always agree would test nothing"
     together = probabilities(ensemble, images, amp=False)
     assert torch.allclose(together, (first + second) / 2, atol=1e-5)
+
+
+def test_scoring_the_members_logits_is_evaluating_the_ensemble(trained, second_seed, test_images):
+    """test.py runs each member once and scores the ensemble from their logits: the same result as evaluate() on it."""
+    ensemble, _ = load_models([trained / "best.pt", second_seed / "best.pt"], CPU)
+    images, labels = test_images
+    whole = evaluate_split(ensemble, images, labels, desc="test")  # bf16 autocast, as test.py runs by default
+    members = [evaluate_split(member, images, labels, desc="test")["logits"] for member in ensemble.members]
+    combined = score(Ensemble.combine(members), labels)
+    assert torch.equal(whole["logits"].argmax(1), combined["logits"].argmax(1))
+    assert torch.allclose(whole["logits"], combined["logits"], atol=1e-5)
+    assert combined["accuracy"] == whole["accuracy"] and combined["loss"] == pytest.approx(whole["loss"], abs=1e-6)
 
 
 def test_an_ensemble_of_one_is_the_single_model(trained, test_images):
