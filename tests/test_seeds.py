@@ -88,108 +88,79 @@ def test_flags_it_sets_itself_are_refused_after_the_separator():
     assert "Traceback" not in result.stderr
 
 
-def test_one_seed_end_to_end(tmp_path, mnist_dir):
-    command = [
-        "--seeds",
-        "5",
-        "--device",
-        "cpu",
-        "--data-dir",
-        str(mnist_dir),
-        "--out-dir",
-        str(tmp_path),
-        "--",
-        "--epochs",
-        "1",
-        "--subset",
-        "512",
-        "--val-size",
-        "256",
-        "--batch-size",
-        "64",
-    ]
-    result = run_script("benchmarks/seeds.py", *command)
+# One seed of a tiny recipe; --no-cuda-graphs is a flag of how to run, which a resumed train.py takes again.
+TINY_RECIPE = ["--epochs", "1", "--subset", "1024", "--val-size", "256", "--batch-size", "32", "--no-cuda-graphs"]
+
+
+@pytest.fixture(scope="module")
+def interrupted_seed(tmp_path_factory, mnist_dir) -> dict:
+    """seeds.py stopped by Ctrl-C as train.py starts, then the same command run to the end: what each left.
+
+    Ctrl-C in a terminal signals the whole foreground process group: seeds.py must wait while train.py saves.
+    """
+    out = tmp_path_factory.mktemp("seeds")
+    command = ["--seeds", "5", "--device", "cpu", "--data-dir", str(mnist_dir), "--out-dir", str(out), "--",
+               *TINY_RECIPE]
+    process = subprocess.Popen([sys.executable, str(ROOT / "benchmarks/seeds.py"), *command], cwd=ROOT,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    for line in process.stdout:
+        if line.startswith("ResNet-18 ("):  # train.py is about to take its first step
+            break
+    os.killpg(process.pid, signal.SIGINT)
+    _, stderr = process.communicate(timeout=300)
+    stopped = {"returncode": process.returncode, "stderr": stderr,
+               "last": torch.load(out / "seed5" / "last.pt", weights_only=True),
+               "left": sorted(p.name for p in out.rglob("*"))}
+    return {"out": out, "command": command, "stopped": stopped, "finished": run_script("benchmarks/seeds.py", *command)}
+
+
+def test_ctrl_c_reaches_train_py_which_saves_before_both_stop_and_the_same_command_goes_on(interrupted_seed):
+    stopped, out = interrupted_seed["stopped"], interrupted_seed["out"]
+    assert stopped["returncode"] == 130, stopped["stderr"]
+    assert stopped["stderr"].rstrip().endswith(
+        "error: train.py for seed 5 was interrupted; run the same command again to go on from there"
+    ), stopped["stderr"]
+    assert stopped["last"]["epoch"] == 0 and 1 <= stopped["last"]["step"] < 32, stopped["last"]["step"]  # mid-epoch
+    assert "test_report.json" not in stopped["left"] and "summary.md" not in stopped["left"]
+
+    result = interrupted_seed["finished"]
     assert result.returncode == 0, result.stderr
-    run = tmp_path / "seed5"
+    assert f"resuming {out / 'seed5' / 'last.pt'} at epoch 1, step {stopped['last']['step']}/32" in result.stdout
+    # A flag of how to run (not part of the recipe in last.pt) is passed again: --resume takes those from the command
+    # line.
+    assert re.search(r"^=== seed 5: .* --resume .*--no-cuda-graphs$", result.stdout, re.M), result.stdout
+    assert re.search(r"^\| 5 \| resumed \| [\d.]+ \| 1 \|", (out / "summary.md").read_text(), re.M), result.stdout
+
+
+def test_one_seed_end_to_end(interrupted_seed):
+    out, command, result = interrupted_seed["out"], interrupted_seed["command"], interrupted_seed["finished"]
+    assert result.returncode == 0, result.stderr
+    run = out / "seed5"
     report = json.loads((run / "test_report.json").read_text())
     assert report["count"] == 10000 and report["epoch"] == 1
     test_acc = report["accuracy"]
-    summary = (tmp_path / "summary.md").read_text()
-    assert summary.startswith("train.py flags: --epochs 1 --subset 512 --val-size 256 --batch-size 64")
-    row = re.search(r"^\| 5 \| ([\d.]+) \| ([\d.]+) \| 1 \| [\d.]+% \| ([\d.]+)% \|", summary, re.M)
-    assert row, summary
-    assert float(row.group(3)) == round(100 * test_acc, 2)
+    summary = (out / "summary.md").read_text()
+    assert summary.startswith(f"train.py flags: {' '.join(TINY_RECIPE)}")
+    row = re.search(r"^\| 5 \| resumed \| ([\d.]+) \| 1 \| [\d.]+% \| ([\d.]+)% \|", summary, re.M)
+    assert row and float(row.group(1)) > 0, summary
+    assert float(row.group(2)) == round(100 * test_acc, 2)
     # An ensemble of this one seed, computed in seeds.py, is the model test.py tested: the same accuracy.
     assert f"| 1 | 5 | {100 * test_acc:.2f}% |" in summary
-    assert float(row.group(1)) > float(row.group(2)) > 0  # the whole command includes start-up and data loading
-    assert (tmp_path / "seeds.png").read_bytes().startswith(
-        b"\x89PNG"
-    ) and f"and {tmp_path / 'seeds.png'}" in result.stdout
+    assert (out / "seeds.png").read_bytes().startswith(b"\x89PNG") and f"and {out / 'seeds.png'}" in result.stdout
 
     # The same command again finds the seed done: nothing is trained or tested again, the summary is the same.
     trained_at = (run / "best.pt").stat().st_mtime
     again = run_script("benchmarks/seeds.py", *command)
     assert again.returncode == 0, again.stderr
     assert f"=== seed 5: trained and tested earlier, in {run}" in again.stdout
-    assert (run / "best.pt").stat().st_mtime == trained_at and (tmp_path / "summary.md").read_text() == summary
+    assert (run / "best.pt").stat().st_mtime == trained_at and (out / "summary.md").read_text() == summary
 
     # Other train.py flags into the same folder would mix two recipes: refused, and nothing is touched.
-    other = run_script("benchmarks/seeds.py", *command[:-1], "32")
-    assert other.returncode == 2 and other.stderr == (
-        f"error: {run} holds a run of train.py flags --epochs 1 --subset 512 "
-        f"--val-size 256 --batch-size 64; choose another --out-dir or remove {run}\n"
-    ), other.stderr
+    other = [flag if flag != "1024" else "2048" for flag in command]
+    refused = run_script("benchmarks/seeds.py", *other)
+    assert refused.returncode == 2 and refused.stderr == (
+        f"error: {run} holds a run of train.py flags {' '.join(TINY_RECIPE)}; choose another --out-dir or remove "
+        f"{run}\n"
+    ), refused.stderr
     assert (run / "best.pt").stat().st_mtime == trained_at
-
-
-def test_ctrl_c_reaches_train_py_which_saves_before_both_stop_and_the_same_command_goes_on(tmp_path, mnist_dir):
-    """Ctrl-C in a terminal signals the whole foreground process group: seeds.py must wait while train.py saves."""
-    command = [
-        "--seeds",
-        "0",
-        "--device",
-        "cpu",
-        "--data-dir",
-        str(mnist_dir),
-        "--out-dir",
-        str(tmp_path),
-        "--",
-        "--epochs",
-        "1",
-        "--subset",
-        "1024",
-        "--val-size",
-        "256",
-        "--batch-size",
-        "32",
-        "--no-cuda-graphs",
-    ]
-    process = subprocess.Popen(
-        [sys.executable, str(ROOT / "benchmarks/seeds.py"), *command],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    for line in process.stdout:
-        if line.startswith("ResNet-18 ("):  # train.py is about to take its first step
-            break
-    os.killpg(process.pid, signal.SIGINT)
-    _, stderr = process.communicate(timeout=300)
-    assert process.returncode == 130, stderr
-    assert stderr.rstrip().endswith(
-        "error: train.py for seed 0 was interrupted; run the same command again to go on from there"
-    ), stderr
-    last = torch.load(tmp_path / "seed0" / "last.pt", weights_only=True)
-    assert last["epoch"] == 0 and 1 <= last["step"] < 32, last["step"]  # saved mid-epoch, resumable
-    assert not (tmp_path / "seed0" / "test_report.json").exists() and not (tmp_path / "summary.md").exists()
-
-    result = run_script("benchmarks/seeds.py", *command)
-    assert result.returncode == 0, result.stderr
-    assert f"resuming {tmp_path / 'seed0' / 'last.pt'} at epoch 1, step {last['step']}/32" in result.stdout
-    # A flag of how to run (not part of the recipe in last.pt) is passed again: --resume takes those from the command
-    # line.
-    assert re.search(r"^=== seed 0: .* --resume .*--no-cuda-graphs$", result.stdout, re.M), result.stdout
-    assert re.search(r"^\| 0 \| resumed \| [\d.]+ \| 1 \|", (tmp_path / "summary.md").read_text(), re.M), result.stdout
