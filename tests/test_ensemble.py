@@ -64,14 +64,19 @@ def test_an_ensemble_of_one_is_the_single_model(trained, test_images):
 
 
 def test_test_py_prints_each_member_and_the_ensemble_and_writes_its_own_report(trained, second_seed, mnist_dir):
+    """int8 and the robustness report as well: each works on an ensemble (int8 also makes this test faster)."""
     members = [str(trained / "best.pt"), str(second_seed / "best.pt")]
     shared = trained.parent  # pytest's base folder, which both members' folders are in
     before = sorted(p.name for p in trained.iterdir())
-    result = run_script("test.py", "--weights", *members, "--device", "cpu", "--data-dir", str(mnist_dir))
+    result = run_script("test.py", "--weights", *members, "--int8", "--robustness", "--robustness-images", "100",
+                        "--device", "cpu", "--data-dir", str(mnist_dir))
     assert result.returncode == 0, result.stderr
     report = json.loads((shared / "ensemble_test_report.json").read_text())
     assert report["weights"] == members and [m["weights"] for m in report["members"]] == members
+    assert report["precision"] == "int8" and "(int8)" in result.stdout
     assert (shared / "ensemble_confusion_matrix.png").is_file()
+    robustness = json.loads((shared / "ensemble_robustness.json").read_text())
+    assert robustness["images"] == 100 and robustness["clean"] > 0.5 and (shared / "ensemble_robustness.png").is_file()
     assert sorted(p.name for p in trained.iterdir()) == before  # no member's own files written or replaced
     for member in report["members"]:  # the table: each member's accuracy and loss
         assert f"{100 * member['accuracy']:7.2f}%  {member['loss']:9.4f}" in result.stdout

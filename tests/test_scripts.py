@@ -22,6 +22,7 @@ import torchvision
 from conftest import PNG_MAGIC, ROOT, run_script
 
 from model import ResNet18
+from test import CORRUPTIONS
 
 
 @pytest.mark.parametrize("script", ["train.py", "test.py", "predict.py"])
@@ -294,21 +295,45 @@ def test_test_py_accuracy_equals_an_independent_computation(trained, mnist_dir, 
     assert (tmp_path / "confusion_matrix.png").read_bytes()[:8] == PNG_MAGIC
 
 
-def test_per_epoch_test_accuracy_is_what_test_py_reports_for_that_epoch(trained, mnist_dir, tmp_path):
+@pytest.fixture(scope="module")
+def tested_beside(trained, mnist_dir, tmp_path_factory):
+    """test.py run as a user runs it, with no --out-dir, on a copy of the quick model's best.pt, robustness included.
+
+    One run serves two tests: each pass over the 10,000 test images costs a CPU tens of seconds.
+    """
+    folder = tmp_path_factory.mktemp("tested")
+    weights = folder / "best.pt"
+    weights.write_bytes((trained / "best.pt").read_bytes())
+    result = run_script("test.py", "--weights", str(weights), "--robustness", "--robustness-images", "100",
+                        "--data-dir", str(mnist_dir), "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    return weights, result
+
+
+def test_per_epoch_test_accuracy_is_what_test_py_reports_for_that_epoch(trained, tested_beside):
+    weights, result = tested_beside
     rows = list(csv.DictReader(open(trained / "metrics.csv")))
     best_epoch = torch.load(trained / "best.pt", weights_only=True)["epoch"]
-    weights = tmp_path / "best.pt"
-    weights.write_bytes((trained / "best.pt").read_bytes())
-    result = run_script("test.py", "--weights", str(weights), "--data-dir", str(mnist_dir), "--device", "cpu")
-    assert result.returncode == 0, result.stderr
     correct = int(re.search(r"test accuracy: [\d.]+% \((\d+)/10000", result.stdout).group(1))
     assert round(10000 * float(rows[best_epoch - 1]["test_acc"])) == correct
     # With no --out-dir the report lies beside the weights it is about.
-    assert json.loads((tmp_path / "test_report.json").read_text())["weights"] == str(weights)
-    assert (tmp_path / "confusion_matrix.png").read_bytes()[:8] == PNG_MAGIC
+    assert json.loads((weights.parent / "test_report.json").read_text())["weights"] == str(weights)
+    assert (weights.parent / "confusion_matrix.png").read_bytes()[:8] == PNG_MAGIC
     # best.pt is the epoch with the highest validation accuracy, the later one on a tie.
     assert best_epoch == max(range(1, len(rows) + 1), key=lambda epoch: (float(rows[epoch - 1]["val_acc"]), epoch))
     assert f"test acc {100 * float(rows[-1]['test_acc']):.2f}%" in (trained / "train_stdout.txt").read_text()
+
+
+def test_robustness_report_writes_table_json_and_chart(tested_beside):
+    weights, result = tested_beside
+    report = json.loads((weights.parent / "robustness.json").read_text())
+    assert set(report["corruptions"]) == set(CORRUPTIONS) and report["images"] == 100
+    for name in CORRUPTIONS:
+        assert name in result.stdout
+    # A model trained on light-on-dark digits should fail on inverted ones and survive mild rotation.
+    assert report["corruptions"]["inversion"][0]["accuracy"] < 0.5 * report["clean"]
+    assert report["corruptions"]["rotation"][0]["accuracy"] > 0.5 * report["clean"]
+    assert (weights.parent / "robustness.png").read_bytes()[:8] == PNG_MAGIC
 
 
 def test_test_py_int8_is_reported_as_such_and_lands_near_the_accuracy_train_py_recorded(trained, mnist_dir, tmp_path):
