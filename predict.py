@@ -190,7 +190,8 @@ def show_errors(model: torch.nn.Module, args, device: torch.device) -> None:
             print(f"  test image {index:>4}: true {labels[index]}, predicted {predicted[index]} "
                   f"({100 * confidence[index]:.1f}%)")
     if len(shown):
-        which = f"the {len(shown)} most confident of the model's" if len(shown) < len(mistakes) else "the model's"
+        whose = "the model's" if args.members == 1 else f"the {args.members}-model ensemble's"
+        which = f"the {len(shown)} most confident of {whose}" if len(shown) < len(mistakes) else whose
         plot_grid(args.out, images[shown.to(device)].cpu(), probabilities[shown], labels[shown], args.show,
                   heading=f"{which} {len(mistakes)} mistakes on the MNIST test set, most confident first: "
                           "predicted (confidence)")
@@ -211,7 +212,7 @@ def draw(args) -> None:
     folded = fold_batchnorm(model)
     try:
         pad = DrawPad(lambda images: inference.probabilities(folded, images, args.amp), Path(args.save_dir), args.json,
-                      members=len(args.weights))
+                      members=args.members)
     except Exception as error:  # the display named cannot be opened: Tk's TclError, or another toolkit's
         raise UserError(f"--draw could not open a window: {str(error).splitlines()[0]}") from None
     pad.show()
@@ -225,12 +226,12 @@ def default_figure_path(args) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    args.members = len(args.weights)  # how many models vote: --json records and figure titles say so
     if args.draw:
         draw(args)
         return
     device = pick_device(args.device)
     model, _ = load_models(args.weights, device)
-    args.members = len(args.weights)
     args.out = args.out or default_figure_path(args)
     check_figure_path(args.out, "--out")
     if args.images:
