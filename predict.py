@@ -21,7 +21,7 @@ import data
 from lib import inference
 from lib.checkpoints import weights_folder
 from lib.cli import ArgumentParser, UserError, add_shared_flags, add_weights_flag, positive_int, random_seed, run_cli
-from lib.device import pick_device
+from lib.device import evaluation_precision, pick_device
 from lib.drawpad import DrawPad
 from lib.inference import EVAL_BATCH_SIZE, evaluate_split, fold_batchnorm, load_models, prediction_records
 from lib.plots import check_figure_path, opens_windows, pyplot, save_figure, show_window
@@ -55,7 +55,7 @@ def parse_args(argv: list[str] | None = None):
     parser.add_argument("--out", help="where to save the figure (default: predictions.png, with --errors errors.png, "
                                       "in the folder of --weights)")
     parser.add_argument("--show", action="store_true", help="also open the figure in a window")
-    add_shared_flags(parser, "--device", "--no-amp")
+    add_shared_flags(parser, "--device", "--precision", "--no-amp")
     return parser.parse_args(argv)
 
 
@@ -154,7 +154,7 @@ def predict_images(model: torch.nn.Module, args) -> None:
         names.append(str(path))
     if digits:
         inputs = data.to_model_size(torch.stack(digits))
-        probabilities = inference.probabilities(model, inputs, args.amp)
+        probabilities = inference.probabilities(model, inputs, args.precision)
         records = prediction_records(probabilities, args.members)
         results = [{"path": name, **record} for name, record in zip(names, records)]
         if args.json:
@@ -175,7 +175,7 @@ def show_errors(model: torch.nn.Module, args, device: torch.device) -> None:
     The predictions come from evaluate_split in test.py's default batches, so these are the mistakes test.py counts.
     """
     images, labels = data.load_test(args.data_dir, device)
-    result = evaluate_split(model, images, labels, EVAL_BATCH_SIZE, args.amp, desc="test")
+    result = evaluate_split(model, images, labels, EVAL_BATCH_SIZE, args.precision, desc="test")
     probabilities, labels = result["logits"].softmax(1).cpu(), labels.cpu()
     confidence, predicted = probabilities.max(1)
     mistakes = (predicted != labels).nonzero().flatten()
@@ -208,11 +208,12 @@ def draw(args) -> None:
         raise UserError(f"--draw needs a window, and matplotlib's backend {plt.get_backend()} opens none; to classify "
                         "image files, use --images")
     device = torch.device("cpu") if args.device == "auto" else pick_device(args.device)  # no GPU start-up wait
+    args.precision = evaluation_precision(device, args.precision)
     model, _ = load_models(args.weights, device)
     folded = fold_batchnorm(model)
     try:
-        pad = DrawPad(lambda images: inference.probabilities(folded, images, args.amp), Path(args.save_dir), args.json,
-                      members=args.members)
+        pad = DrawPad(lambda images: inference.probabilities(folded, images, args.precision), Path(args.save_dir),
+                      args.json, members=args.members)
     except Exception as error:  # the display named cannot be opened: Tk's TclError, or another toolkit's
         raise UserError(f"--draw could not open a window: {str(error).splitlines()[0]}") from None
     pad.show()
@@ -231,6 +232,7 @@ def main(argv: list[str] | None = None) -> None:
         draw(args)
         return
     device = pick_device(args.device)
+    args.precision = evaluation_precision(device, args.precision)
     model, _ = load_models(args.weights, device)
     args.out = args.out or default_figure_path(args)
     check_figure_path(args.out, "--out")
@@ -246,7 +248,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.num > len(images):
         raise UserError(f"--num must be at most {len(images)}, got {args.num}")
     pick = torch.randperm(len(images), generator=torch.Generator().manual_seed(args.seed))[: args.num]
-    probabilities = inference.probabilities(model, images[pick], args.amp)
+    probabilities = inference.probabilities(model, images[pick], args.precision)
     if args.json:
         print(json.dumps(records_of_test_digits(pick, labels[pick], probabilities, args.members), indent=2))
     plot_grid(args.out, images[pick], probabilities, labels[pick], args.show)

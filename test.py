@@ -16,7 +16,7 @@ import torch
 import data
 from lib.checkpoints import weights_folder
 from lib.cli import ArgumentParser, add_shared_flags, add_weights_flag, positive_int, progress, random_seed, run_cli
-from lib.device import bf16_supported, keep_freed_memory, pick_device, synchronize
+from lib.device import evaluation_precision, keep_freed_memory, pick_device, synchronize
 from lib.files import all_or_none, check_writable_dir, write_json
 from lib.inference import (
     CALIBRATION_IMAGES,
@@ -40,7 +40,7 @@ def parse_args(argv: list[str] | None = None):
                                           "--weights, or the folder several --weights share)")
     add_shared_flags(parser, "--device")
     parser.add_argument("--batch-size", type=positive_int, default=EVAL_BATCH_SIZE, help="images per forward pass")
-    add_shared_flags(parser, "--no-amp")
+    add_shared_flags(parser, "--precision", "--no-amp")
     parser.add_argument("--int8", action="store_true",
                         help=f"CPU only: evaluate an int8 copy of the model, calibrated on {CALIBRATION_IMAGES} "
                              "training images (about twice as fast as bf16, predictions within a few images of fp32)")
@@ -102,7 +102,7 @@ CORRUPTIONS = {  # name: severities, mild to harsh (units: degrees, shear factor
 def robustness_report(model, images, labels, args, out_dir: Path, prefix: str = "") -> dict:
     """Accuracy under each corruption and severity; deterministic given --seed."""
     images, labels = images[: args.robustness_images], labels[: args.robustness_images]
-    clean = evaluate(model, data.batches(images, labels, args.batch_size), args.amp)["accuracy"]
+    clean = evaluate(model, data.batches(images, labels, args.batch_size), args.precision)["accuracy"]
     results = {"clean": clean, "images": len(images), "seed": args.seed, "corruptions": {}}
     print(f"\nrobustness on {len(images)} test images (clean accuracy {100 * clean:.2f}%)")
     print(f"{'corruption':<16} " + "  ".join(f"{'severity ' + str(i + 1):>11}" for i in range(3)))
@@ -114,7 +114,8 @@ def robustness_report(model, images, labels, args, out_dir: Path, prefix: str = 
         for level in levels:
             bar.set_description(f"{name} {level:g}")
             corrupted = corrupt(images, name, level, generator)
-            accuracies.append(evaluate(model, data.batches(corrupted, labels, args.batch_size), args.amp)["accuracy"])
+            result = evaluate(model, data.batches(corrupted, labels, args.batch_size), args.precision)
+            accuracies.append(result["accuracy"])
             bar.update()
         results["corruptions"][name] = [{"level": level, "accuracy": a} for level, a in zip(levels, accuracies)]
         cells = "  ".join(f"{f'{level:g}: ' + f'{100 * a:.1f}%':>11}" for level, a in zip(levels, accuracies))
@@ -204,7 +205,7 @@ def evaluate_ensemble(ensemble: Ensemble, images, labels, args, checkpoints: lis
     """
     rows, logits = [], []
     for path, member, checkpoint in zip(args.weights, ensemble.members, checkpoints):
-        result = evaluate_split(member, images, labels, args.batch_size, args.amp, desc=f"test {path}")
+        result = evaluate_split(member, images, labels, args.batch_size, args.precision, desc=f"test {path}")
         rows.append({"weights": path, "epoch": checkpoint.get("epoch"), "accuracy": result["accuracy"],
                      "loss": result["loss"]})
         logits.append(result["logits"])
@@ -220,6 +221,7 @@ def evaluate_ensemble(ensemble: Ensemble, images, labels, args, checkpoints: lis
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     device = pick_device(args.device)
+    args.precision = "fp32" if args.int8 else evaluation_precision(device, args.precision)  # int8 needs no autocast
     keep_freed_memory()
     out_dir, where = report_folder(args)
     model, checkpoints = load_models(args.weights, device)
@@ -233,7 +235,7 @@ def main(argv: list[str] | None = None) -> None:
     if isinstance(model, Ensemble):
         result, members = evaluate_ensemble(model, images, labels, args, checkpoints)
     else:
-        result, members = evaluate_split(model, images, labels, args.batch_size, args.amp, desc="test"), None
+        result, members = evaluate_split(model, images, labels, args.batch_size, args.precision, desc="test"), None
     synchronize(device)
     seconds = time.perf_counter() - started
     prefix = "ensemble_" if members else ""  # an ensemble's files never replace one of its members' own
@@ -243,7 +245,7 @@ def main(argv: list[str] | None = None) -> None:
     confusion = torch.bincount(truth * 10 + predictions, minlength=100).reshape(10, 10)
     classes = per_class_scores(confusion)
     errors = int((predictions != truth).sum())
-    precision = "int8" if args.int8 else "bf16 autocast" if args.amp and bf16_supported(device) else "fp32"
+    precision = "int8" if args.int8 else {"bf16": "bf16 autocast", "fp16": "fp16 autocast"}.get(args.precision, "fp32")
 
     print(weights_line(args, checkpoints))
     print(f"test accuracy: {100 * result['accuracy']:.2f}% ({result['count'] - errors}/{result['count']}, "

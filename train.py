@@ -38,7 +38,7 @@ from lib.cli import (
     random_seed,
     run_cli,
 )
-from lib.device import bf16_supported, keep_freed_memory, pick_device, synchronize
+from lib.device import choose_precision, keep_freed_memory, loss_scaler, pick_device, synchronize
 from lib.distributed import (
     all_reduce_sum,
     any_rank,
@@ -48,11 +48,19 @@ from lib.distributed import (
     wrap_for_ddp,
 )
 from lib.inference import EVAL_BATCH_SIZE, evaluate_split
-from lib.training import StopRequest, current_lr, default_batch_size, one_cycle_schedule, sgd, training_step
+from lib.training import (
+    StopRequest,
+    current_lr,
+    default_batch_size,
+    one_cycle_schedule,
+    sgd,
+    short_run_warmup,
+    training_step,
+)
 from model import ResNet18, to_device, unwrap
 
 # Flags that describe where and how to run rather than what to train: --resume keeps these from the command line.
-RUNTIME_FLAGS = {"device", "data_dir", "out_dir", "resume", "cuda_graphs", "compile"}
+RUNTIME_FLAGS = {"device", "precision", "data_dir", "out_dir", "resume", "cuda_graphs", "compile"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -62,8 +70,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     recipe.add_argument("--batch-size", type=positive_int,
                         help="global batch size (default: 512 on a GPU, 128 on a CPU); under torchrun it is split "
                              "across ranks")
-    recipe.add_argument("--lr", type=positive_float, default=training.LR, help="peak learning rate of the one-cycle "
-                        "schedule")
+    recipe.add_argument("--lr", type=positive_float, default=training.LR,
+                        help="peak learning rate of the one-cycle schedule (lower in runs too short to warm up to it: "
+                             "lib.training.short_run_warmup)")
     recipe.add_argument("--momentum", type=float_between(0, 1, high_allowed=False), default=training.MOMENTUM,
                         help="Nesterov momentum")
     recipe.add_argument("--weight-decay", type=float_between(0), default=training.WEIGHT_DECAY,
@@ -99,7 +108,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     continue_or_replace.add_argument("--overwrite", action="store_true",
                                      help="start afresh in an OUT_DIR that holds an earlier run (kept until this run "
                                           "saves its first checkpoint)")
-    add_shared_flags(run, "--no-amp")
+    add_shared_flags(run, "--precision", "--no-amp")
     run.add_argument("--no-channels-last", dest="channels_last", action="store_false", help="keep NCHW memory format")
     run.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false",
                      help="launch each training step's kernels one by one instead of replaying a CUDA graph (CUDA, "
@@ -147,6 +156,7 @@ def adopt_saved_recipe(args: argparse.Namespace, saved: dict, last_pt: Path) -> 
     A recipe flag on the command line that says otherwise is refused rather than silently ignored.
     """
     defaults = vars(parse_args([]))
+    saved = {name: value for name, value in saved.items() if name in defaults}  # flags since removed (--no-amp's amp)
     clashes = [name for name, value in vars(args).items()
                if name not in RUNTIME_FLAGS and name in saved and value != defaults[name] and value != saved[name]]
     if clashes:
@@ -189,7 +199,9 @@ class Run:
     device: torch.device
     rank: int
     world_size: int
-    amp: bool  # bf16 autocast, where asked for and fast
+    precision: str  # "bf16", "fp16" or "fp32": lib.device.choose_precision
+    precision_reason: str
+    scaler: torch.amp.GradScaler  # fp16's loss scaling; a pass-through in the other precisions
     train: tuple[torch.Tensor, torch.Tensor]
     val: tuple[torch.Tensor, torch.Tensor]
     test: tuple[torch.Tensor, torch.Tensor] | None
@@ -240,9 +252,13 @@ def prepare(args, folder: RunFolder, device: torch.device, rank: int, world_size
     model = to_device(ResNet18(), device, args.channels_last)
     optimizer = sgd(model, device.type == "cuda", args.lr, args.momentum, args.weight_decay)
     batch_bounds = data.batch_bounds(len(train[0]), args.batch_size, world_size)
-    scheduler = one_cycle_schedule(optimizer, args.lr, args.epochs * len(batch_bounds), args.warmup)
-    start = folder.restore(model, optimizer, scheduler, args)
-    run = Run(args, folder, device, rank, world_size, args.amp and bf16_supported(device), train, val, test, model,
+    total_steps = args.epochs * len(batch_bounds)
+    peak_lr, warmup = short_run_warmup(args.lr, args.warmup, total_steps)
+    scheduler = one_cycle_schedule(optimizer, peak_lr, total_steps, warmup)
+    precision = choose_precision(device, args.precision)
+    scaler = loss_scaler(device, precision.name)
+    start = folder.restore(model, optimizer, scheduler, scaler, args)
+    run = Run(args, folder, device, rank, world_size, precision.name, precision.reason, scaler, train, val, test, model,
               optimizer, scheduler, batch_bounds)
     return run, start
 
@@ -252,7 +268,8 @@ def speed_up(run: Run) -> None:
     args = run.args
     if args.cuda_graphs and run.device.type == "cuda" and run.world_size == 1 and not args.compile:
         for size in sorted({end - start for start, end in run.batch_bounds}):
-            run.graphed[size] = training.graph_training_step(run.model, data.normalize(run.train[0][:size]), run.amp)
+            run.graphed[size] = training.graph_training_step(run.model, data.normalize(run.train[0][:size]),
+                                                                    run.precision)
     if args.compile:
         run.model = training.compile_training_step(run.model)
     if run.world_size > 1:
@@ -263,10 +280,15 @@ def announce(run: Run, resumed_at: tuple[int, int] | None) -> None:
     args = run.args
     params = sum(p.numel() for p in run.model.parameters())
     ranks = f" x{run.world_size} ranks" if run.world_size > 1 else ""
-    how = ", ".join(["bf16 autocast" if run.amp else "fp32", "channels_last" if args.channels_last else "NCHW"]
-                    + (["CUDA graphs"] if run.graphed else []) + (["torch.compile"] if args.compile else []))
-    print(f"ResNet-18 ({params / 1e6:.2f} M parameters) on {run.device}{ranks}, {how}; {len(run.train[0])} training / "
-          f"{len(run.val[0])} validation images, batch {args.batch_size}, {len(run.batch_bounds)} steps per epoch")
+    how = ", ".join(["channels_last" if args.channels_last else "NCHW"] + (["CUDA graphs"] if run.graphed else [])
+                    + (["torch.compile"] if args.compile else []))
+    print(f"ResNet-18 ({params / 1e6:.2f} M parameters) on {run.device}{ranks}, {how}; {run.precision_reason}; "
+          f"{len(run.train[0])} training / {len(run.val[0])} validation images, batch {args.batch_size}, "
+          f"{len(run.batch_bounds)} steps per epoch")
+    peak, warmup = short_run_warmup(args.lr, args.warmup, run.scheduler.total_steps)
+    if (peak, warmup) != (args.lr, args.warmup):
+        print(f"a short run: the learning rate warms up over {round(warmup * run.scheduler.total_steps)} steps to "
+              f"{peak:.3g} (--lr {args.lr:g}), as fast as a fresh network takes it")
     if resumed_at is not None:
         print(f"resuming {run.folder.last_pt} at epoch {resumed_at[0] + 1}, step {resumed_at[1]}/"
               f"{len(run.batch_bounds)} with its saved settings")
@@ -286,10 +308,13 @@ class EpochSums:
             for name in ("loss", "correct", "count"):
                 getattr(self, name).copy_(partial[name])
 
-    def record(self, step: int, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
-        self.loss[step] = loss * len(labels)
-        self.correct[step] = (logits.argmax(1) == labels).sum()
-        self.count[step] = len(labels)
+    def record(self, step: int, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor,
+               skipped_if_nonfinite: bool = False) -> None:
+        """`skipped_if_nonfinite`: in fp16 a non-finite loss is a step the loss scaler skipped, left out of the sums."""
+        counted = torch.isfinite(loss) if skipped_if_nonfinite else torch.ones((), dtype=torch.bool, device=loss.device)
+        self.loss[step] = torch.where(counted, loss * len(labels), 0.0)
+        self.correct[step] = torch.where(counted, (logits.argmax(1) == labels).sum(), 0)
+        self.count[step] = torch.where(counted, len(labels), 0)
 
     def mean_loss(self, steps: int) -> float:
         return (self.loss[:steps].sum() / self.count[:steps].sum()).item()
@@ -315,10 +340,10 @@ def train_one_epoch(run: Run, epoch: int, first_step: int, sums: EpochSums) -> i
     check_every = 1 if run.device.type == "cpu" else 20  # reading a GPU value stalls its queue; a CPU's costs nothing
     checked = first_step
     for step, (x, y) in enumerate(batches, start=first_step):
-        loss, logits = training_step(run.graphed.get(len(y), run.model), run.optimizer, x, y, run.amp,
-                                     args.label_smoothing)
+        loss, logits = training_step(run.graphed.get(len(y), run.model), run.optimizer, run.scaler, x, y,
+                                     run.precision, args.label_smoothing)
         run.scheduler.step()
-        sums.record(step, loss, logits, y)
+        sums.record(step, loss, logits, y, skipped_if_nonfinite=run.scaler.is_enabled())
         bar.update()
         if (step + 1) % check_every and step + 1 < steps:
             continue
@@ -335,23 +360,30 @@ def train_one_epoch(run: Run, epoch: int, first_step: int, sums: EpochSums) -> i
 def check_steps(run: Run, epoch: int, sums: EpochSums, first: int, end: int) -> bool:
     """After steps first..end-1: stop without saving on a non-finite loss; return whether a stop was asked for.
 
-    All ranks agree on both, so that they stop together.
+    All ranks agree on both, so that they stop together. In fp16 a non-finite loss only makes the loss scaler skip
+    that step and halve its scale, leaving the weights as they were; the run fails only once the scale has fallen
+    below 1, where the unscaled gradients overflow too and no scale can rescue the step.
     """
-    bad = (~torch.isfinite(sums.loss[first:end])).nonzero()
+    if run.scaler.is_enabled():
+        bad = torch.tensor([[end - 1 - first]]) if run.scaler.get_scale() < 1 else torch.empty(0, 1, dtype=torch.long)
+    else:
+        bad = (~torch.isfinite(sums.loss[first:end])).nonzero()
     flags = any_rank(torch.tensor([float(len(bad) > 0), float(run.stop.signum is not None)], device=run.device))
     if flags[0]:
         where = f"step {first + bad[0].item() + 1}" if len(bad) else f"a step in {first + 1}-{end} on another rank"
         last_pt = run.folder.last_pt
         kept = f"{last_pt} is untouched" if last_pt.exists() else "no checkpoint was written"
-        raise UserError(f"the loss became non-finite at epoch {epoch + 1}, {where}; stopped without saving: {kept}. "
-                        f"Try a lower --lr (now {run.args.lr})", exit_code=1)
+        fp16 = run.scaler.is_enabled()
+        hint = f"a lower --lr (now {run.args.lr})" + (" or --precision fp32" if fp16 else "")
+        raise UserError(f"the loss became non-finite at epoch {epoch + 1}, {where}{' under fp16 loss scaling' * fp16}; "
+                        f"stopped without saving: {kept}. Try {hint}", exit_code=1)
     return bool(flags[1])
 
 
 def loss_and_accuracy(run: Run, split: tuple[torch.Tensor, torch.Tensor], name: str) -> tuple[float, float]:
     """Over all ranks: each evaluates its share and the sums are added up."""
-    result = evaluate_split(unwrap(run.model), *split, run.args.eval_batch_size, run.amp, desc=name, rank=run.rank,
-                            world_size=run.world_size, show=run.is_main)
+    result = evaluate_split(unwrap(run.model), *split, run.args.eval_batch_size, run.precision, desc=name,
+                            rank=run.rank, world_size=run.world_size, show=run.is_main)
     count = torch.tensor(result["count"], device=run.device)
     loss_sum, correct, count = all_reduce_sum(result["loss_sum"], result["correct"], count)
     return loss_sum.item() / count.item(), correct.item() / count.item()

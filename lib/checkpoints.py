@@ -143,15 +143,21 @@ class RunFolder:
         claim_folder(self.path, f"another train.py is writing into {self.path} right now: let it finish (or stop it), "
                                 "or train into another --out-dir")
 
-    def restore(self, model: nn.Module, optimizer, scheduler, args) -> tuple[int, int, dict | None]:
-        """Remember what last.pt saves and, resuming, load it back: (epoch, step, partial epoch) to go on from."""
-        self.model, self.optimizer, self.scheduler, self.args = model, optimizer, scheduler, args
+    def restore(self, model: nn.Module, optimizer, scheduler, scaler, args) -> tuple[int, int, dict | None]:
+        """Remember what last.pt saves and, resuming, load it back: (epoch, step, partial epoch) to go on from.
+
+        fp16's loss scale goes on from where it was, so that the resumed steps are the ones an uninterrupted run
+        takes; a run saved in another precision has none, and fp16 starts from the scaler's initial scale.
+        """
+        self.model, self.optimizer, self.scheduler, self.scaler, self.args = model, optimizer, scheduler, scaler, args
         saved = self.resumed
         if saved is None:
             return 0, 0, None
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
+        if scaler.is_enabled() and saved.get("scaler"):
+            scaler.load_state_dict(saved["scaler"])
         torch.set_rng_state(saved["rng_state"])
         # Checkpoints written before missing metrics were None hold "" in their place.
         self.history = [{key: None if value == "" else value for key, value in row.items()} for row in saved["history"]]
@@ -187,7 +193,7 @@ class RunFolder:
     def _state(self, epoch: int, step: int, partial: dict | None) -> dict:
         return dict(epoch=epoch, step=step, partial=partial, history=self.history, best_val_acc=self.best_val_acc,
                     args=vars(self.args), optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
-                    rng_state=torch.get_rng_state())
+                    scaler=self.scaler.state_dict(), rng_state=torch.get_rng_state())
 
     def _saved(self, just_written: tuple[str, ...] = ()) -> None:
         """After this run's first save, no earlier weights or reports are left beside its own for test.py or a

@@ -111,7 +111,7 @@ def int8_model(model: nn.Module, data_dir: str | None, batch_size: int, device: 
 
 
 @torch.no_grad()
-def predict_logits(model: nn.Module, batches: Iterable[torch.Tensor], amp: bool = True) -> torch.Tensor:
+def predict_logits(model: nn.Module, batches: Iterable[torch.Tensor], precision: str = "fp32") -> torch.Tensor:
     """fp32 logits [N, 10] of `model` over batches of normalised images, by its batch-norm-folded copy.
 
     Every prediction in this project comes from here: test.py's accuracy, predict.py's digits, the benchmark's
@@ -122,16 +122,16 @@ def predict_logits(model: nn.Module, batches: Iterable[torch.Tensor], amp: bool 
     device = parameter.device if parameter is not None else torch.device("cpu")  # int8 models keep no parameters
     logits = []
     for x in batches:
-        with autocast(device, amp):
+        with autocast(device, precision):
             logits.append(inference_model(x).float())
     return torch.cat(logits) if logits else torch.empty(0, data.NUM_CLASSES, device=device)
 
 
-def probabilities(model: nn.Module, images: torch.Tensor, amp: bool) -> torch.Tensor:
+def probabilities(model: nn.Module, images: torch.Tensor, precision: str) -> torch.Tensor:
     """Softmax probabilities [N, 10] on the CPU for [0, 1] images [N, 1, 32, 32], in test.py's batches."""
     device = next(model.parameters()).device
     batches = (data.normalize(batch.to(device)) for batch in images.split(EVAL_BATCH_SIZE))
-    return predict_logits(model, batches, amp).softmax(1).cpu()
+    return predict_logits(model, batches, precision).softmax(1).cpu()
 
 
 def prediction_records(probabilities: torch.Tensor, members: int = 1) -> list[dict]:
@@ -146,7 +146,7 @@ def prediction_records(probabilities: torch.Tensor, members: int = 1) -> list[di
             for k, p in zip(top_k, top_p)]
 
 
-def evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], amp: bool = True) -> dict:
+def evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], precision: str = "fp32") -> dict:
     """Loss, accuracy and logits of `model` over (images, labels) batches, by predict_logits.
 
     Returns sums as well as means so DDP ranks can add theirs up. The loss is plain cross-entropy
@@ -159,7 +159,7 @@ def evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tenso
             labels.append(y)
             yield x
 
-    logits = predict_logits(model, images(), amp)
+    logits = predict_logits(model, images(), precision)
     return score(logits, torch.cat(labels) if labels else torch.empty(0, dtype=torch.long, device=logits.device))
 
 
@@ -180,11 +180,12 @@ def score(logits: torch.Tensor, labels: torch.Tensor) -> dict:
 
 
 def evaluate_split(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = EVAL_BATCH_SIZE,
-                   amp: bool = True, *, desc: str, rank: int = 0, world_size: int = 1, show: bool = True) -> dict:
+                   precision: str = "fp32", *, desc: str, rank: int = 0, world_size: int = 1,
+                   show: bool = True) -> dict:
     """evaluate() over a whole split held as tensors, in batches, with a progress bar (on a terminal) named `desc`.
 
     Under DDP each rank evaluates its share of every batch; the sums it returns are that share's.
     """
     steps = len(data.batch_bounds(len(images), batch_size, world_size))
     split_batches = data.batches(images, labels, batch_size, rank=rank, world_size=world_size)
-    return evaluate(model, progress(split_batches, total=steps, desc=desc, unit="batch", show=show), amp)
+    return evaluate(model, progress(split_batches, total=steps, desc=desc, unit="batch", show=show), precision)

@@ -12,10 +12,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from lib.device import autocast
+from lib.device import DTYPES, autocast
 
 # The default recipe, which train.py's flags start from and bench.py times.
 LR, MOMENTUM, WEIGHT_DECAY, LABEL_SMOOTHING, WARMUP = 0.1, 0.9, 5e-4, 0.1, 0.2
+# A fresh network blows up if the learning rate reaches LR in fewer steps than this (docs/internals.md, "Short runs").
+MIN_WARMUP_STEPS = 100
 
 
 def default_batch_size(device: torch.device) -> int:
@@ -42,6 +44,17 @@ def one_cycle_schedule(optimizer: torch.optim.Optimizer, peak_lr: float, total_s
                                                cycle_momentum=False)
 
 
+def short_run_warmup(lr: float, warmup: float, total_steps: int) -> tuple[float, float]:
+    """(peak lr, warm-up fraction) for a run of `total_steps`: the recipe's own, unless the run is too short for it.
+
+    The learning rate never climbs faster than from 0 to LR in MIN_WARMUP_STEPS steps: a short run warms up for
+    min(MIN_WARMUP_STEPS, half its steps) at least, and peaks no higher than that pace reaches. Runs of 500 steps or
+    more at the default warm-up (every full-data recipe) keep exactly the schedule they ask for.
+    """
+    warmup_steps = max(warmup * total_steps, min(MIN_WARMUP_STEPS, total_steps / 2))
+    return min(lr, LR * warmup_steps / MIN_WARMUP_STEPS), warmup_steps / total_steps
+
+
 def current_lr(scheduler: torch.optim.lr_scheduler.OneCycleLR) -> float:
     """The learning rate the next step would take; after the last step, the floor that step took.
 
@@ -52,33 +65,40 @@ def current_lr(scheduler: torch.optim.lr_scheduler.OneCycleLR) -> float:
     return scheduler.optimizer.param_groups[0]["min_lr"]
 
 
-def training_step(forward: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, amp: bool,
-                  label_smoothing: float = LABEL_SMOOTHING) -> tuple[torch.Tensor, torch.Tensor]:
+def training_step(forward: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, x: torch.Tensor,
+                  y: torch.Tensor, precision: str, label_smoothing: float = LABEL_SMOOTHING
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """One SGD step on a batch: (loss, logits), both detached and left on the device.
 
     `forward` is the model itself or a faster form of it (graph_training_step, compile_training_step) that shares its
-    parameters, so `optimizer` steps the model either way.
+    parameters, so `optimizer` steps the model either way. In fp16 `scaler` scales the loss so that small gradients
+    do not underflow, and skips the step (halving its scale) where they overflowed; elsewhere it passes through.
     """
-    with autocast(x.device, amp):
+    with autocast(x.device, precision):
         logits = forward(x)
         loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
     return loss.detach(), logits.detach()
 
 
-def graph_training_step(model: nn.Module, sample: torch.Tensor, amp: bool) -> nn.Module:
+def graph_training_step(model: nn.Module, sample: torch.Tensor, precision: str) -> nn.Module:
     """`model` for training on CUDA batches shaped like `sample`: forward and backward each captured as a CUDA graph.
 
     Eager, a step launches hundreds of small kernels one by one from Python and a fast GPU waits on the launches;
     a replay launches them all at once (BENCHMARKS.md, "Throughput"). Gradients, parameters and batch-norm
     statistics are `model`'s own, so the graphed and the plain model (or another graph, for batches of another
     shape) can take turns. The capture's warm-up steps would move the batch-norm statistics; they are put back.
+    In fp16 the loss scaler works outside the graphs: the scaled gradient of the loss is the backward graph's input,
+    and unscaling, the overflow check and the skipped step happen in scaler.step, after the replay.
     """
     saved = {name: buffer.clone() for name, buffer in model.named_buffers()}
-    # make_graphed_callables refuses autocast's weight cache: cached bf16 copies would not follow the updated weights.
-    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp, cache_enabled=False):
+    # make_graphed_callables refuses autocast's weight cache: cached low-precision copies would not follow the
+    # updated weights.
+    with torch.autocast("cuda", dtype=DTYPES.get(precision, torch.bfloat16), enabled=precision != "fp32",
+                        cache_enabled=False):
         graphed = torch.cuda.make_graphed_callables(nn.Sequential(model), (sample,))
     with torch.no_grad():
         for name, buffer in model.named_buffers():
