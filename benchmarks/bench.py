@@ -4,7 +4,8 @@
     python benchmarks/bench.py --device cpu --steps 5
 
 Peer: torchvision MNIST -> PIL Resize(32) -> ToTensor -> Normalize per image in a DataLoader, fp32, NCHW, batch 128.
-Ours: the whole split resized once and kept on the device, on-device augmentation, bf16 autocast, channels_last,
+Ours: the whole split resized once and kept on the device, on-device augmentation, train.py's precision (--precision),
+channels_last,
 batch 512 on a GPU and 128 on a CPU, on CUDA fused SGD and the step replayed as CUDA graphs (train.py's defaults;
 a second row without the graphs); evaluation with batch norm folded into the convolutions, as test.py does, and on
 a CPU also int8 evaluation, as test.py --int8 does. On a CPU ours also runs as train.py does there (the last stage
@@ -27,7 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import data
 from lib.cli import ArgumentParser, add_shared_flags, positive_float, positive_int, progress, run_cli
-from lib.device import bf16_supported, keep_freed_memory, pick_device, synchronize
+from lib.device import choose_precision, keep_freed_memory, loss_scaler, pick_device, synchronize
 from lib.inference import EVAL_BATCH_SIZE, fold_batchnorm, predict_logits, quantize_int8
 from lib.training import compile_training_step, default_batch_size, graph_training_step, sgd, training_step
 from model import ResNet18, to_device
@@ -37,7 +38,7 @@ TRAIN_GFLOP, FORWARD_GFLOP = 3.32, 1.11  # per 32x32 image, counted with torch.u
 
 def parse_args(argv=None):
     parser = ArgumentParser(description="Throughput of the peer pipeline vs ours.")
-    add_shared_flags(parser, "--device", "--data-dir")
+    add_shared_flags(parser, "--device", "--data-dir", "--precision", "--no-amp")
     parser.add_argument("--steps", type=positive_int, default=50, help="timed steps per measurement")
     parser.add_argument("--warmup", type=positive_int, default=10, help="untimed steps first")
     parser.add_argument("--batch-size", type=positive_int,
@@ -119,22 +120,23 @@ def measure(device, batches_train, batches_eval, ours: bool, args, graphs: bool 
             profile: bool = False) -> tuple[float, float | None]:
     """(train, eval) images/s, by train.py's settings where `ours`, else by the peer's.
 
-    Ours: bf16, channels_last, fused SGD, train.py's training step and test.py's folded evaluation.
+    Ours: args.precision, channels_last, fused SGD, train.py's training step and test.py's folded evaluation.
 
     `compiled` times training alone (eval None): its first step, the compiling one, is timed and printed apart.
     """
     torch.manual_seed(0)
-    amp = ours
+    precision = args.precision if ours else "fp32"
+    scaler = loss_scaler(device, precision)
     model = to_device(ResNet18(), device, channels_last=ours)
     optimizer = sgd(model, fused=ours and device.type == "cuda")  # and the step below: train.py's own
     forward = model
     if graphs:
-        forward = graph_training_step(model, next(batches_train)[0], amp)
+        forward = graph_training_step(model, next(batches_train)[0], precision)
     elif compiled:
         forward = compile_training_step(model)
 
     def train_step(x, y):
-        training_step(forward, optimizer, x, y, amp)
+        training_step(forward, optimizer, scaler, x, y, precision)
 
     model.train()
     who = ("ours" + (" + CUDA graphs" if graphs else " + torch.compile" if compiled else "")) if ours else "peer"
@@ -151,7 +153,7 @@ def measure(device, batches_train, batches_eval, ours: bool, args, graphs: bool 
     @torch.no_grad()
     def eval_step(x, y):
         if ours:  # test.py's path
-            predict_logits(inference_model, [x], amp).argmax(1)
+            predict_logits(inference_model, [x], precision).argmax(1)
         else:  # the peer's: batch norm unfolded, fp32
             inference_model(x).argmax(1)
 
@@ -179,9 +181,12 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     device = pick_device(args.device)
     args.batch_size = args.batch_size or default_batch_size(device)
+    precision = choose_precision(device, args.precision)
+    args.precision = precision.name
     torch.backends.cudnn.benchmark = True
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{device} ({os.cpu_count()} cores)"
-    print(f"device: {name}; torch {torch.__version__}; {args.steps} timed steps after {args.warmup} warm-up")
+    print(f"device: {name}; torch {torch.__version__}; {args.steps} timed steps after {args.warmup} warm-up; ours in "
+          f"{precision.reason}")
 
     peer = measure(device, peer_batches(args.data_dir, True, args.peer_batch_size, device),
                    peer_batches(args.data_dir, False, args.peer_batch_size, device), ours=False, args=args)
@@ -195,9 +200,9 @@ def main(argv=None) -> None:
                        graphs=graphs, compiled=compiled, profile=profile)
 
     on_gpu = device.type == "cuda"
-    precision = "bf16 autocast" if bf16_supported(device) else "fp32 (no fast bf16 here)"
+    what = {"bf16": "bf16 autocast", "fp16": "fp16 autocast + loss scaling", "fp32": "fp32"}[args.precision]
     rows = [(f"peer: PIL DataLoader, fp32, NCHW, batch {args.peer_batch_size}", *peer),
-            (f"ours: on-device, {precision}, channels_last, batch {args.batch_size}{', eager' if on_gpu else ''}",
+            (f"ours: on-device, {what}, channels_last, batch {args.batch_size}{', eager' if on_gpu else ''}",
              *measure_ours(profile=args.profile))]
     if on_gpu:  # train.py's default there
         rows.append(("ours + CUDA graphs", *measure_ours(graphs=True)))

@@ -157,15 +157,16 @@ def ensemble_accuracies(runs: dict[int, Path], args) -> list[float]:
     Each member's logits are computed once, as test.py computes them, and combined as lib.inference.Ensemble does.
     """
     import data
-    from lib.device import pick_device
+    from lib.device import choose_precision, pick_device
     from lib.inference import Ensemble, evaluate_split, load_models
 
     device = pick_device(args.device)
+    precision = choose_precision(device).name  # test.py's default
     images, labels = data.load_test(args.data_dir, device)
     logits = []
     for seed, run_dir in runs.items():
         model, _ = load_models([str(run_dir / "best.pt")], device)
-        logits.append(evaluate_split(model, images, labels, desc=f"seed {seed}")["logits"])
+        logits.append(evaluate_split(model, images, labels, precision=precision, desc=f"seed {seed}")["logits"])
     return [(Ensemble.combine(logits[:size]).argmax(1) == labels).float().mean().item()
             for size in range(1, len(logits) + 1)]
 

@@ -22,8 +22,11 @@ from conftest import ROOT, run_script
 
 import data
 from lib.checkpoints import load_model
+from lib.device import choose_precision
 from lib.drawpad import PAD_BOX, PAD_PIXELS, Drawing, model_view
 from lib.inference import fold_batchnorm, probabilities
+
+AUTO = choose_precision(torch.device("cpu")).name  # the precision the scripts pick on this CPU
 
 
 @pytest.fixture(scope="module")
@@ -218,9 +221,9 @@ def test_digits_drawn_with_the_pen_read_as_well_as_the_originals(trained, mnist_
     folded = fold_batchnorm(model)
     raw, labels = data.load_split(mnist_dir, train=False)
     raw, labels = raw[:200], labels[:200]
-    on_originals = (probabilities(folded, data.to_model_size(raw), amp=True).argmax(1) == labels).float().mean()
+    on_originals = (probabilities(folded, data.to_model_size(raw), AUTO).argmax(1) == labels).float().mean()
     drawn = torch.stack([model_view(draw_along_skeleton(digit.float() / 255)) for digit in raw])
-    on_drawings = (probabilities(folded, drawn, amp=True).argmax(1) == labels).float().mean()
+    on_drawings = (probabilities(folded, drawn, AUTO).argmax(1) == labels).float().mean()
     print(f"\n{len(labels)} MNIST test digits: {100 * on_originals:.1f}% as they are, {100 * on_drawings:.1f}% drawn "
           "along their skeletons with the pad's pen")
     assert on_drawings >= on_originals - 0.02

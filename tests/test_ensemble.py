@@ -10,6 +10,7 @@ from conftest import QUICK_RECIPE, run_script
 
 import data
 from lib.checkpoints import load_checkpoint, load_model
+from lib.device import choose_precision
 from lib.inference import Ensemble, evaluate_split, load_models, probabilities, score
 
 CPU = torch.device("cpu")
@@ -35,9 +36,9 @@ def test_the_ensembles_probabilities_are_the_mean_of_its_members(trained, second
     ensemble, checkpoints = load_models([trained / "best.pt", second_seed / "best.pt"], CPU)
     assert isinstance(ensemble, Ensemble) and [c["args"]["seed"] for c in checkpoints] == [0, 1]
     images, _ = test_images
-    first, second = (probabilities(member, images, amp=False) for member in ensemble.members)
+    first, second = (probabilities(member, images, precision="fp32") for member in ensemble.members)
     assert (first.argmax(1) != second.argmax(1)).any(), "two seeds that always agree would test nothing"
-    together = probabilities(ensemble, images, amp=False)
+    together = probabilities(ensemble, images, precision="fp32")
     assert torch.allclose(together, (first + second) / 2, atol=1e-5)
 
 
@@ -45,8 +46,10 @@ def test_scoring_the_members_logits_is_evaluating_the_ensemble(trained, second_s
     """test.py runs each member once and scores the ensemble from their logits: the same result as evaluate() on it."""
     ensemble, _ = load_models([trained / "best.pt", second_seed / "best.pt"], CPU)
     images, labels = test_images
-    whole = evaluate_split(ensemble, images, labels, desc="test")  # bf16 autocast, as test.py runs by default
-    members = [evaluate_split(member, images, labels, desc="test")["logits"] for member in ensemble.members]
+    auto = choose_precision(CPU).name  # as test.py runs by default: bf16 autocast where the CPU has it
+    whole = evaluate_split(ensemble, images, labels, precision=auto, desc="test")
+    members = [evaluate_split(member, images, labels, precision=auto, desc="test")["logits"]
+               for member in ensemble.members]
     combined = score(Ensemble.combine(members), labels)
     assert torch.equal(whole["logits"].argmax(1), combined["logits"].argmax(1))
     assert torch.allclose(whole["logits"], combined["logits"], atol=1e-5)
@@ -56,8 +59,8 @@ def test_scoring_the_members_logits_is_evaluating_the_ensemble(trained, second_s
 def test_an_ensemble_of_one_is_the_single_model(trained, test_images):
     model, _ = load_model(trained / "best.pt", CPU)
     images, labels = test_images
-    alone = evaluate_split(model, images, labels, amp=False, desc="test")
-    as_ensemble = evaluate_split(Ensemble([model]).eval(), images, labels, amp=False, desc="test")
+    alone = evaluate_split(model, images, labels, precision="fp32", desc="test")
+    as_ensemble = evaluate_split(Ensemble([model]).eval(), images, labels, precision="fp32", desc="test")
     assert torch.equal(alone["logits"].argmax(1), as_ensemble["logits"].argmax(1))
     assert alone["accuracy"] == as_ensemble["accuracy"]
     assert torch.allclose(alone["logits"].softmax(1), as_ensemble["logits"].softmax(1), atol=1e-5)

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 import torchvision
 
 from lib.checkpoints import load_checkpoint, load_model, save_checkpoint
-from lib.device import autocast, bf16_supported
+from lib.device import autocast, bf16_supported, choose_precision
 from lib.inference import fold_batchnorm
 from lib.training import graph_training_step
 from model import ResNet18, to_device
@@ -50,7 +50,7 @@ def test_a_graphed_training_step_computes_the_gradients_of_the_plain_model():
     model = ResNet18().to(device, memory_format=torch.channels_last)
     x, y = torch.randn(64, 1, 32, 32, device=device), torch.randint(0, 10, (64,), device=device)
     statistics = {name: buffer.clone() for name, buffer in model.named_buffers()}
-    graphed = graph_training_step(model, x.clone(), amp=False)
+    graphed = graph_training_step(model, x.clone(), precision="fp32")
     assert all(
         torch.equal(buffer, statistics[name]) for name, buffer in model.named_buffers()
     )  # capture left them as they were
@@ -137,7 +137,7 @@ def test_cpu_bf16_only_where_the_cpu_has_it_in_hardware(monkeypatch, avx512_bf16
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
     cpu = torch.device("cpu")
     assert bf16_supported(cpu) is expected
-    with autocast(cpu, enabled=True):
+    with autocast(cpu, choose_precision(cpu).name):
         assert torch.is_autocast_enabled("cpu") is expected
-    with autocast(cpu, enabled=False):
+    with autocast(cpu, "fp32"):
         assert not torch.is_autocast_enabled("cpu")

@@ -13,8 +13,11 @@ from render_digits import write_rendered
 
 import data
 from lib.checkpoints import load_model
+from lib.device import choose_precision
 from lib.inference import probabilities
 from test import CORRUPTIONS, corrupt
+
+AUTO = choose_precision(torch.device("cpu")).name  # the precision the scripts pick on this CPU
 
 N_DIGITS = 300
 
@@ -52,7 +55,7 @@ def test_photos_of_digits_score_within_5_points_of_the_originals(trained, render
 
     model, _ = load_model(trained / "best.pt", torch.device("cpu"))
     on_originals = (
-        (probabilities(model, data.to_model_size(images), amp=True).argmax(1) == labels).float().mean().item()
+        (probabilities(model, data.to_model_size(images), AUTO).argmax(1) == labels).float().mean().item()
     )
     # Control: the same files without the MNIST-style preprocessing, just grayscale and resized.
     unprocessed = torch.stack(
@@ -61,7 +64,7 @@ def test_photos_of_digits_score_within_5_points_of_the_originals(trained, render
             for p in paths
         ]
     )
-    control = (probabilities(model, unprocessed, amp=True).argmax(1) == labels).float().mean().item()
+    control = (probabilities(model, unprocessed, AUTO).argmax(1) == labels).float().mean().item()
 
     # The 2-epoch model (~87%) has many close calls, and re-rendering flips 7-9% of its predictions both ways, so 300
     # digits leave about 1.6 points of noise on the gap (measured: 2.0 points; 2.5 over 1,000 digits). Fitting the
