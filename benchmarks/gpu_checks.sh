@@ -62,6 +62,14 @@ export python runs
 step 1-graphed-step 90 "$python" -m pytest -q -p no:cacheprovider tests/test_model.py
 # 2. Throughput of today's code, torch.compile included (its first step, compiling, timed apart: on a fresh machine cold).
 step 2-bench 150 "$python" benchmarks/bench.py --compile
+# 2f. The precisions older GPUs get from --precision auto, timed on this one beside bf16: fp16 with loss scaling (T4,
+# V100, P100: the scaler around the CUDA graphs) and fp32 (GTX 10xx).
+step 2f-bench-fp16 60 "$python" benchmarks/bench.py --precision fp16 --steps 30
+step 2f-bench-fp32 60 "$python" benchmarks/bench.py --precision fp32 --steps 30
+# 2t. fp16 and fp32 trained end to end (seed 0 of the default recipe each, CUDA graphs on): that the scaled step
+# learns as bf16 does, and its time.
+step 2t-seeds-fp16 60 "$python" benchmarks/seeds.py --seeds 0 --out-dir "$runs/fp16" -- --precision fp16
+step 2t-seeds-fp32 60 "$python" benchmarks/seeds.py --seeds 0 --out-dir "$runs/fp32" -- --precision fp32
 # 3. The default recipe's accuracy over 5 seeds, its times (to 99.5%, the whole command), each seed alone, and the
 # accuracy of the ensembles of the first 1-5 seeds (the target: 99.75% at 5).
 step 3-seeds-default 300 "$python" benchmarks/seeds.py --seeds 0 1 2 3 4 --out-dir "$runs/default"
@@ -82,9 +90,11 @@ step 7-seeds-photometric 120 bash -c 'side_by_side photometric --photometric'
 { echo "=== results"
   cat "$log_dir/0-machine.log"
   grep -h -E "^=+ .*[0-9]+ (passed|failed|skipped|error)|[0-9]+ (passed|failed)" "$log_dir/1-graphed-step.log" | tail -n 1
-  echo "--- 2-bench"
-  grep -h -E "^\||first training step" "$log_dir/2-bench.log"
-  for name in default b128-e3 b256 b128 compile photometric; do
+  for bench in 2-bench 2f-bench-fp16 2f-bench-fp32; do
+      echo "--- $bench"
+      grep -h -E "^\||first training step|^device" "$log_dir/$bench.log"
+  done
+  for name in fp16 fp32 default b128-e3 b256 b128 compile photometric; do
       summary=$runs/$name/summary.md
       shared=$([ -f "$runs/$name/parallel-seed0.log" ] && echo ", run side by side: accuracy only")
       [ -f "$summary" ] && { echo "--- seeds, $name$shared"; grep -v "^(train.py wall s" "$summary"; }
