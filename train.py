@@ -311,10 +311,11 @@ class EpochSums:
     def record(self, step: int, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor,
                skipped_if_nonfinite: bool = False) -> None:
         """`skipped_if_nonfinite`: in fp16 a non-finite loss is a step the loss scaler skipped, left out of the sums."""
-        counted = torch.isfinite(loss) if skipped_if_nonfinite else torch.ones((), dtype=torch.bool, device=loss.device)
-        self.loss[step] = torch.where(counted, loss * len(labels), 0.0)
-        self.correct[step] = torch.where(counted, (logits.argmax(1) == labels).sum(), 0)
-        self.count[step] = torch.where(counted, len(labels), 0)
+        loss_sum, correct, count = loss * len(labels), (logits.argmax(1) == labels).sum(), len(labels)
+        if skipped_if_nonfinite:
+            counted = torch.isfinite(loss)
+            loss_sum, correct, count = (torch.where(counted, value, 0) for value in (loss_sum, correct, count))
+        self.loss[step], self.correct[step], self.count[step] = loss_sum, correct, count
 
     def mean_loss(self, steps: int) -> float:
         return (self.loss[:steps].sum() / self.count[:steps].sum()).item()

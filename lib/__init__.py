@@ -1,7 +1,7 @@
 """What the scripts share, one job a module.
 
 cli          one-line errors, argparse with checked types, the flags every script has
-device       device choice, bf16 autocast, the CPU allocator setting, synchronisation
+device       device choice, the choice of precision, autocast and loss scaling, the CPU allocator setting
 distributed  DDP: joining the process group, sums and batch-norm statistics over ranks
 files        atomic writes, all-or-none groups of files, folder checks and locks
 plots        matplotlib without a display, atomic figure saves, the learning curves

@@ -73,7 +73,7 @@ SHARED_FLAGS = {
                         help="auto: bf16 on GPUs from compute capability 8.0 and on CPUs with bf16 instructions, fp16 "
                              "with loss scaling on older GPUs that are fast at it (T4, V100, P100), else fp32 "
                              "(lib.device.choose_precision); bf16 or fp16 on a CPU without them is emulated, "
-                             "fp16 an order of magnitude slower than fp32"),
+                             "each an order of magnitude slower than fp32"),
     "--no-amp": dict(dest="precision", action="store_const", const="fp32", default=argparse.SUPPRESS,
                      help="the same as --precision fp32"),
 }

@@ -118,7 +118,7 @@ def choose_precision(device: torch.device, requested: str = "auto") -> Precision
         fast = {"bf16": cpu_has_bf16(), "fp16": _cpu_has_fp16()}
         auto, why = ("bf16", "bf16 instructions") if fast["bf16"] else ("fp32", "no bf16 instructions")
     else:
-        where, fast = f"Apple {device.type.upper()}" if device.type == "mps" else device.type, {}
+        where, fast = "Apple MPS", {"fp16": True}  # Apple GPUs compute in fp16 natively
         auto, why = "fp32", "its autocast is not measured here"
     precision = auto if requested == "auto" else requested
     if not autocast_available(device, precision):

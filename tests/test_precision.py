@@ -124,6 +124,18 @@ def test_an_fp16_step_whose_gradients_overflow_is_skipped_and_the_scale_halved()
     assert scaler.get_scale() == 2.0**8 and not all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
 
 
+def test_a_step_the_scaler_skipped_is_left_out_of_the_epochs_figures_and_any_other_non_finite_loss_is_kept():
+    from train import EpochSums
+
+    logits, labels = torch.eye(10)[:4] * 5, torch.tensor([0, 1, 2, 9])  # 3 of 4 right
+    sums = EpochSums(3, torch.device("cpu"))
+    sums.record(0, torch.tensor(2.0), logits, labels, skipped_if_nonfinite=True)
+    sums.record(1, torch.tensor(float("inf")), logits, labels, skipped_if_nonfinite=True)  # fp16: skipped
+    assert sums.mean_loss(2) == 2.0 and sums.totals() == (2.0, 0.75)
+    sums.record(2, torch.tensor(float("nan")), logits, labels)  # bf16 or fp32: check_steps must see it
+    assert torch.isnan(sums.loss[2])
+
+
 def test_short_runs_warm_up_no_faster_than_a_fresh_network_takes_it():
     # Every full-data recipe keeps its own schedule: 10 and 3 epochs of 430 steps (CPU), 10 of 108 (GPU).
     for steps in (4300, 1290, 1080, 500):
