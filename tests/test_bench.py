@@ -119,6 +119,10 @@ def test_gpu_checks_runs_each_step_within_its_budget_and_logs_it(tmp_path):
         "0-machine.log",
         "1-graphed-step.log",
         "2-bench.log",
+        "2f-bench-fp16.log",
+        "2f-bench-fp32.log",
+        "2t-seeds-fp16.log",
+        "2t-seeds-fp32.log",
         "3-seeds-default.log",
         "4-seeds-b128-e3.log",
         "5-seeds-batch.log",
@@ -129,7 +133,8 @@ def test_gpu_checks_runs_each_step_within_its_budget_and_logs_it(tmp_path):
     assert "ran: -m pytest -q -p no:cacheprovider tests/test_model.py" in (logs / "1-graphed-step.log").read_text()
     assert "ran: benchmarks/bench.py --compile" in (logs / "2-bench.log").read_text()
     # bench.py's 3 s leave less than the 10 s a step needs: the rest are skipped, not started and cut off.
-    for name in ("3-seeds-default", "4-seeds-b128-e3", "5-seeds-batch", "6-seeds-compile", "7-seeds-photometric"):
+    skipped = ["2f-bench-fp16", "2f-bench-fp32", "2t-seeds-fp16", "2t-seeds-fp32", "3-seeds-default", "4-seeds-b128-e3"]
+    for name in skipped + ["5-seeds-batch", "6-seeds-compile", "7-seeds-photometric"]:
         assert (logs / f"{name}.log").read_text() == f"=== {name}: skipped, the budget is spent\n"
     results = result.stdout.split("=== results\n")[1]  # printed again at the end, where the last screenful shows them
     assert results.startswith((logs / "0-machine.log").read_text()) and "--- 2-bench" in results, result.stdout
@@ -156,6 +161,13 @@ def test_gpu_checks_trains_the_batch_size_and_photometric_seeds_side_by_side_the
         in (logs / "4-seeds-b128-e3.log").read_text()
     )  # alone, for its times
     assert not (logs / "b128-e3-parallel-seed0.log").exists()
+    for precision in ("fp16", "fp32"):  # timed beside bf16, then trained: the paths older GPUs take
+        assert f"ran: benchmarks/bench.py --precision {precision} --steps 30\n" in (
+            logs / f"2f-bench-{precision}.log"
+        ).read_text()
+        assert f"ran: benchmarks/seeds.py --seeds 0 --out-dir {runs}/{precision} -- --precision {precision}\n" in (
+            logs / f"2t-seeds-{precision}.log"
+        ).read_text()
     assert (
         f"ran: benchmarks/seeds.py --out-dir {runs}/compile -- --compile\n"
         in (logs / "6-seeds-compile.log").read_text()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -179,9 +180,11 @@ def test_fp16_trains_end_to_end_and_resumes_bitwise_with_the_scalers_state(mnist
     assert process.returncode == 130, stderr
     cut = load_checkpoint(tmp_path / "cut" / "last.pt")
     assert 0 < cut["step"] < 4 and steps_seen(cut["scaler"]) == cut["step"], (cut["step"], cut["scaler"])
-    resumed = run_script("train.py", "--resume", "--precision", "fp16", "--device", "cpu", "--out-dir",
-                         str(tmp_path / "cut"), "--data-dir", str(mnist_dir))
-    assert resumed.returncode == 0, resumed.stderr
+    # The command the message gives goes on in fp16: --precision is taken from the command line, as --device is.
+    command = shlex.split(stderr.split("continue with: ")[1].splitlines()[0])
+    assert command[:3] == ["python", "train.py", "--resume"] and "--precision" in command, stderr
+    resumed = run_script("train.py", *command[2:])
+    assert resumed.returncode == 0 and "fp16 + loss scaling" in resumed.stdout, resumed.stderr
     # A scaler started afresh would count only the resumed steps.
     assert load_checkpoint(tmp_path / "cut" / "last.pt")["scaler"] == whole["scaler"]
     assert_same_weights(tmp_path / "straight" / "last.pt", tmp_path / "cut" / "last.pt")
