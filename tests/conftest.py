@@ -1,4 +1,9 @@
-"""Shared fixtures: the repo root on sys.path, real MNIST from MNIST_DATA_DIR, and one small training run."""
+"""Shared fixtures: the repo root on sys.path, real MNIST from MNIST_DATA_DIR, one small training run, and the two
+tiers: every test that trains or starts a process is marked slow here, by the fixtures it uses.
+
+    python -m pytest -m "not slow"    # the fast tier: the tests that train nothing and start no process
+    python -m pytest                  # everything, as CI runs it
+"""
 
 from __future__ import annotations
 
@@ -8,27 +13,36 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import QUICK_RECIPE, ROOT, run_script
 
-ROOT = Path(__file__).resolve().parent.parent
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"  # how every PNG file starts
 sys.path.insert(0, str(ROOT))
 
-# A recipe that learns in a minute or two on 2 CPU cores: ~90% validation accuracy after 2 epochs of 2,000 images.
-# Its 64 steps take the default --lr 0.1, which diverged in fp32 before short runs warmed up more slowly.
-QUICK_RECIPE = ["--epochs", "2", "--subset", "2000", "--val-size", "1000", "--batch-size", "64"]
+# The fixtures that train a model or start a process. A test that uses one, directly or through another fixture, is
+# marked slow; a test that starts a process itself asks for `slow`.
+SLOW_FIXTURES = {"slow", "trained", "second_seed", "straight_run", "interrupted_seed"}
 
 
-def run_script(script: str, *args: str, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
-    """Run one of the top-level scripts the way a user would, from the repo root."""
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    return subprocess.run(
-        [sys.executable, str(ROOT / script), *args],
-        cwd=ROOT,
-        env=full_env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if SLOW_FIXTURES & set(item.fixturenames):
+            item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture
+def slow():
+    """Asked for by a test that starts a process (a script, torchrun, bash) or trains: it belongs to the slow tier."""
+
+
+@pytest.fixture(autouse=True)
+def fast_tests_start_no_process(request, monkeypatch):
+    """Keeps the fast tier fast: a test not marked slow that starts a process fails, saying what to do."""
+    if request.node.get_closest_marker("slow"):
+        return
+
+    def refuse(*args, **kwargs):
+        pytest.fail(f"{request.node.name} starts a process: ask for the `slow` fixture (tests/conftest.py)")
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", refuse)
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_script
+from helpers import run_script
 
 from lib.checkpoints import save_checkpoint
 from model import ResNet18
@@ -156,7 +156,7 @@ def workspace(tmp_path_factory, mnist_dir):
 
 
 @pytest.mark.parametrize("script, arguments, expected", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
-def test_bad_input_gets_one_line_exit_2_and_writes_nothing(workspace, mnist_dir, script, arguments, expected):
+def test_bad_input_gets_one_line_exit_2_and_writes_nothing(slow, workspace, mnist_dir, script, arguments, expected):
     if "cuda" in arguments and torch.cuda.is_available():
         pytest.skip("a GPU is present")
     arguments = [a.format(w=workspace / "good.pt", t=workspace, d=mnist_dir) for a in arguments]
@@ -248,7 +248,7 @@ def test_numbers_out_of_range_are_refused_as_the_command_line_is_read(script, ar
         importlib.import_module(script).parse_args(arguments)
 
 
-def test_compile_on_a_cpu_without_its_compiler_is_refused_before_any_work(mnist_dir, tmp_path):
+def test_compile_on_a_cpu_without_its_compiler_is_refused_before_any_work(slow, mnist_dir, tmp_path):
     # inductor builds CPU kernels with $CXX (else g++): without it the first step would die in a compiler traceback.
     result = run_script(
         "train.py",

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import PNG_MAGIC, ROOT, run_script
+from helpers import PNG_MAGIC, ROOT, run_script
 
 from lib.device import bf16_supported
 
 
-def test_bench_smoke(mnist_dir):
+def test_bench_smoke(slow, mnist_dir):
     # --compile's row with torch.compile switched off: a cold compile costs ~45 s on the CPU, and train.py --compile's
     # test compiles for real; here it is the row and the first step's timing that are checked.
     result = run_script(
@@ -113,7 +113,7 @@ def run_gpu_checks(tmp_path, budget: int) -> tuple[subprocess.CompletedProcess, 
     return result, logs
 
 
-def test_gpu_checks_runs_each_step_within_its_budget_and_logs_it(tmp_path):
+def test_gpu_checks_runs_each_step_within_its_budget_and_logs_it(slow, tmp_path):
     result, logs = run_gpu_checks(tmp_path, budget=12)
     assert sorted(p.name for p in logs.iterdir()) == [
         "0-machine.log",
@@ -141,7 +141,7 @@ def test_gpu_checks_runs_each_step_within_its_budget_and_logs_it(tmp_path):
     assert (logs / "results.md").read_text() == "=== results\n" + results
 
 
-def test_gpu_checks_trains_the_batch_size_and_photometric_seeds_side_by_side_then_gathers_them(tmp_path):
+def test_gpu_checks_trains_the_batch_size_and_photometric_seeds_side_by_side_then_gathers_them(slow, tmp_path):
     _, logs = run_gpu_checks(tmp_path, budget=40)
     runs = tmp_path / "runs"
     recipes = {"b256": "--batch-size 256", "b128": "--batch-size 128", "photometric": "--photometric"}
@@ -178,7 +178,7 @@ def test_gpu_checks_trains_the_batch_size_and_photometric_seeds_side_by_side_the
     )
 
 
-def test_gpu_checks_keeps_each_recipes_summary_figure_and_per_seed_epochs_in_its_log_dir(tmp_path):
+def test_gpu_checks_keeps_each_recipes_summary_figure_and_per_seed_epochs_in_its_log_dir(slow, tmp_path):
     """LOG_DIR alone is what comes back from a lent GPU: what the runs left in RUNS_DIR is copied there."""
     runs = tmp_path / "runs"
     for seed in (0, 1):

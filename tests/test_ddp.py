@@ -8,10 +8,10 @@ import subprocess
 import sys
 
 import torch
-from conftest import ROOT, run_script
+from helpers import ROOT, run_script
 
 
-def test_torchrun_two_processes_agree_and_only_rank_0_writes(mnist_dir, tmp_path):
+def test_torchrun_two_processes_agree_and_only_rank_0_writes(slow, mnist_dir, tmp_path):
     out, weights = tmp_path / "out", tmp_path / "ranks"
     weights.mkdir()
     command = [

@@ -18,7 +18,7 @@ import time
 
 import pytest
 import torch
-from conftest import ROOT, run_script
+from helpers import ROOT, run_script
 
 import data
 from lib.checkpoints import load_model
@@ -171,7 +171,7 @@ def test_without_a_display_draw_says_a_window_is_needed(trained):
                              "classify image files, use --images\n")
 
 
-def test_draw_with_images_or_errors_is_refused():
+def test_draw_with_images_or_errors_is_refused(slow):
     for other in (["--images", "x.png"], ["--errors"]):
         result = run_script("predict.py", "--draw", *other)
         assert result.returncode == 2 and result.stderr.startswith("error: argument --"), result.stderr

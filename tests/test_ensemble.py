@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from conftest import QUICK_RECIPE, run_script
+from helpers import QUICK_RECIPE, run_script
 
 import data
 from lib.checkpoints import load_checkpoint, load_model

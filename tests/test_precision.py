@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import math
-import os
 import shlex
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
 import torch
 import torch.nn as nn
-from conftest import ROOT, run_script
+from helpers import assert_same_weights, metric_rows, run_script, start_script, wait_for_line
 
 import lib.device
 from lib.checkpoints import load_checkpoint
@@ -93,7 +90,7 @@ def test_a_precision_the_device_cannot_autocast_to_is_one_line(monkeypatch):
         choose_precision(torch.device("cpu"), "fp8")
 
 
-def test_bad_precision_flag_is_one_line_and_no_amp_means_fp32():
+def test_bad_precision_flag_is_one_line_and_no_amp_means_fp32(slow):
     result = run_script("train.py", "--precision", "fp8")
     assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
     assert "invalid choice: 'fp8'" in result.stderr and "Traceback" not in result.stderr
@@ -161,18 +158,14 @@ def steps_seen(scaler: dict) -> int:
     return scaler["_growth_tracker"] + round(math.log2(2.0**16 / scaler["scale"]))
 
 
-def test_fp16_trains_end_to_end_and_resumes_bitwise_with_the_scalers_state(mnist_dir, tmp_path):
-    from test_reliability import assert_same_weights, metric_rows, wait_for_line
-
+def test_fp16_trains_end_to_end_and_resumes_bitwise_with_the_scalers_state(slow, mnist_dir, tmp_path):
     straight = run_script("train.py", *FP16_TINY, "--out-dir", str(tmp_path / "straight"), "--data-dir", str(mnist_dir))
     assert straight.returncode == 0, straight.stderr
     assert "fp16 + loss scaling: " in straight.stdout.splitlines()[0] and "emulated" in straight.stdout
     whole = load_checkpoint(tmp_path / "straight" / "last.pt")
     assert steps_seen(whole["scaler"]) == 4, whole["scaler"]
 
-    process = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *FP16_TINY, "--out-dir", str(tmp_path / "cut"),
-                                "--data-dir", str(mnist_dir)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    process = start_script("train.py", *FP16_TINY, "--out-dir", str(tmp_path / "cut"), "--data-dir", str(mnist_dir))
     wait_for_line(process, "ResNet-18")
     time.sleep(1.0)
     process.send_signal(signal.SIGINT)

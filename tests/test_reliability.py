@@ -14,7 +14,7 @@ import time
 
 import pytest
 import torch
-from conftest import ROOT, run_script
+from helpers import ROOT, assert_same_weights, metric_rows, run_script, start_script, wait_for_line
 
 import lib.checkpoints as checkpoints_module
 from lib.checkpoints import load_checkpoint, save_checkpoint
@@ -40,47 +40,8 @@ TINY = [
 ]
 
 
-def weights(path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=True)["model"]
-
-
-def assert_same_weights(a, b):
-    a, b = weights(a), weights(b)
-    assert a.keys() == b.keys()
-    for name in a:
-        assert torch.equal(a[name], b[name]), f"{name} differs"
-
-
-def metric_rows(out_dir) -> list[dict]:
-    """metrics.csv without the wall-clock column, which no two runs share."""
-    return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(open(out_dir / "metrics.csv"))]
-
-
 def start_training(out_dir, mnist_dir, *extra) -> subprocess.Popen:
-    return subprocess.Popen(
-        [
-            sys.executable,
-            str(ROOT / "train.py"),
-            *TINY,
-            "--out-dir",
-            str(out_dir),
-            "--data-dir",
-            str(mnist_dir),
-            *extra,
-        ],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-
-
-def wait_for_line(process: subprocess.Popen, prefix: str) -> str:
-    for line in process.stdout:
-        if line.startswith(prefix):
-            return line
-    raise AssertionError(f"training ended before printing {prefix!r}: {process.stderr.read()}")
+    return start_script("train.py", *TINY, "--out-dir", str(out_dir), "--data-dir", str(mnist_dir), *extra)
 
 
 @pytest.fixture(scope="module")
@@ -340,7 +301,7 @@ def test_weights_of_another_shape_are_refused_with_one_line(tmp_path):
         checkpoints_module.load_model(tmp_path / "w.pt", torch.device("cpu"))
 
 
-def test_a_second_run_into_the_folder_a_run_is_training_into_is_refused(mnist_dir, tmp_path):
+def test_a_second_run_into_the_folder_a_run_is_training_into_is_refused(slow, mnist_dir, tmp_path):
     first = start_training(tmp_path, mnist_dir, "--epochs", "50")  # still training when the second starts
     try:
         wait_for_line(first, "ResNet-18")

@@ -19,7 +19,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
-from conftest import PNG_MAGIC, ROOT, run_script
+from helpers import PNG_MAGIC, ROOT, run_script
 
 from lib.training import LR, WARMUP, short_run_warmup
 from model import ResNet18
@@ -27,7 +27,7 @@ from test import CORRUPTIONS
 
 
 @pytest.mark.parametrize("script", ["train.py", "test.py", "predict.py"])
-def test_every_script_has_help(script):
+def test_every_script_has_help(slow, script):
     result = run_script(script, "--help")
     assert result.returncode == 0 and "usage:" in result.stdout and "--device" in result.stdout
     # a switch's or an unset option's default would mislead ("--no-amp ... (default: True)")
@@ -35,7 +35,7 @@ def test_every_script_has_help(script):
 
 
 @pytest.mark.parametrize("buffered", [True, False], ids=["stdout-buffered", "stdout-unbuffered"])
-def test_a_reader_that_stops_early_ends_the_script_quietly(mnist_dir, tmp_path, buffered):
+def test_a_reader_that_stops_early_ends_the_script_quietly(slow, mnist_dir, tmp_path, buffered):
     """`python train.py | head -1`: once head has gone, no BrokenPipeError traceback, just exit code 1."""
     env = {**os.environ, "PYTHONUNBUFFERED": "" if buffered else "1"}
     args = [
@@ -63,7 +63,7 @@ def test_a_reader_that_stops_early_ends_the_script_quietly(mnist_dir, tmp_path, 
     assert process.wait(timeout=300) == 1 and stderr == "", stderr
 
 
-def test_the_default_batch_on_a_cpu_is_128_and_is_saved_for_resume(mnist_dir, tmp_path):
+def test_the_default_batch_on_a_cpu_is_128_and_is_saved_for_resume(slow, mnist_dir, tmp_path):
     result = run_script(
         "train.py",
         "--device",
@@ -87,7 +87,7 @@ def test_the_default_batch_on_a_cpu_is_128_and_is_saved_for_resume(mnist_dir, tm
 @pytest.mark.skipif(
     platform.libc_ver()[0] != "glibc", reason="a setting of glibc's malloc; elsewhere keep_freed_memory does nothing"
 )
-def test_memory_a_batch_frees_is_reused_without_being_faulted_in_again():
+def test_memory_a_batch_frees_is_reused_without_being_faulted_in_again(slow):
     # What train.py and test.py do first. Without it every batch maps its large activations afresh (fp32 here, 67 MB
     # for the first stage) and faults them in page by page; with it the third batch reuses the first two's memory.
     code = """if True:
@@ -112,7 +112,7 @@ def test_memory_a_batch_frees_is_reused_without_being_faulted_in_again():
     assert faults["keep"] * 4 < faults["default"], faults  # seen: 0 against 533,000
 
 
-def test_a_compiled_run_takes_the_steps_an_eager_one_takes_and_saves_plain_weights(mnist_dir, tmp_path):
+def test_a_compiled_run_takes_the_steps_an_eager_one_takes_and_saves_plain_weights(slow, mnist_dir, tmp_path):
     """--compile changes how a step runs, not what it computes: in fp32 the same two steps, up to rounding."""
     args = [
         "--device",
@@ -164,7 +164,7 @@ def test_the_resume_command_repeats_the_runtime_flags_given(tmp_path):
     ]
 
 
-def test_progress_bars_show_on_a_terminal_and_stay_out_of_logs(mnist_dir, tmp_path):
+def test_progress_bars_show_on_a_terminal_and_stay_out_of_logs(slow, mnist_dir, tmp_path):
     """The epoch's steps and the validation pass get bars with ETA when stderr is a terminal; a log gets none."""
     args = [
         "--epochs",

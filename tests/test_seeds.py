@@ -12,7 +12,7 @@ import sys
 
 import pytest
 import torch
-from conftest import ROOT, run_script
+from helpers import ROOT, run_script
 
 from benchmarks import seeds
 from benchmarks.seeds import summarise
@@ -80,7 +80,7 @@ def test_the_figure_draws_each_seeds_test_error_and_stars_its_chosen_epoch(tmp_p
     assert list(target.get_ydata()) == pytest.approx([0.5, 0.5])
 
 
-def test_flags_it_sets_itself_are_refused_after_the_separator():
+def test_flags_it_sets_itself_are_refused_after_the_separator(slow):
     result = run_script("benchmarks/seeds.py", "--", "--epochs", "1", "--seed=3")
     assert result.returncode == 2 and result.stderr.startswith("error: --seed=3 after -- is set by this script"), (
         result.stderr

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import run_script
+from helpers import run_script
 from PIL import Image
 from render_digits import write_rendered
 
