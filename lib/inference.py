@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import math
 import time
 import warnings
 from typing import Iterable
@@ -72,8 +73,13 @@ class Ensemble(nn.Module):
 
     @staticmethod
     def combine(logits: list[torch.Tensor]) -> torch.Tensor:
-        """The ensemble's output from its members' logits: the log of their mean softmax probabilities."""
-        return torch.stack([member_logits.float().softmax(1) for member_logits in logits]).mean(0).log()
+        """The ensemble's output from its members' logits: the log of their mean softmax probabilities.
+
+        Computed as logsumexp of log-softmaxes minus log n: the log of a mean of softmaxes is -inf wherever every
+        member's probability underflows, which confident members reach.
+        """
+        log_probabilities = torch.stack([member_logits.float().log_softmax(1) for member_logits in logits])
+        return torch.logsumexp(log_probabilities, 0) - math.log(len(logits))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.combine([member(x) for member in self.members])

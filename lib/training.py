@@ -16,7 +16,8 @@ from lib.device import DTYPES, autocast
 
 # The default recipe, which train.py's flags start from and bench.py times.
 LR, MOMENTUM, WEIGHT_DECAY, LABEL_SMOOTHING, WARMUP = 0.1, 0.9, 5e-4, 0.1, 0.2
-# A fresh network blows up if the learning rate reaches LR in fewer steps than this (docs/internals.md, "Short runs").
+# A fresh network blows up if the learning rate reaches its peak in fewer steps than this (docs/internals.md, "Short
+# runs").
 MIN_WARMUP_STEPS = 100
 
 
@@ -47,12 +48,12 @@ def one_cycle_schedule(optimizer: torch.optim.Optimizer, peak_lr: float, total_s
 def short_run_warmup(lr: float, warmup: float, total_steps: int) -> tuple[float, float]:
     """(peak lr, warm-up fraction) for a run of `total_steps`: the recipe's own, unless the run is too short for it.
 
-    The learning rate never climbs faster than from 0 to LR in MIN_WARMUP_STEPS steps: a short run warms up for
-    min(MIN_WARMUP_STEPS, half its steps) at least, and peaks no higher than that pace reaches. Runs of 500 steps or
-    more at the default warm-up (every full-data recipe) keep exactly the schedule they ask for.
+    The learning rate never climbs faster than from 0 to `lr` in MIN_WARMUP_STEPS steps: a short run warms up for
+    min(MIN_WARMUP_STEPS, half its steps) at least, and peaks at the share of `lr` that pace reaches. Runs whose
+    warm-up already takes MIN_WARMUP_STEPS steps (every full-data recipe) keep exactly the schedule they ask for.
     """
     warmup_steps = max(warmup * total_steps, min(MIN_WARMUP_STEPS, total_steps / 2))
-    return min(lr, LR * warmup_steps / MIN_WARMUP_STEPS), warmup_steps / total_steps
+    return lr * min(1.0, warmup_steps / MIN_WARMUP_STEPS), warmup_steps / total_steps
 
 
 def current_lr(scheduler: torch.optim.lr_scheduler.OneCycleLR) -> float:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -108,3 +109,16 @@ def test_predict_py_json_says_how_many_members_voted(trained, second_seed, tmp_p
     assert [record["members"] for record in json.loads(together.stdout)] == [2, 2, 2, 2]
     assert all("members" not in record for record in json.loads(alone.stdout))
     assert (tmp_path / "e.png").is_file()
+
+
+def test_confident_members_combine_to_finite_log_probabilities():
+    # Probabilities of e**-200 underflow to 0 in float32: the log of their mean was -inf, and so the loss of a digit
+    # every member missed. The ensemble's output is the log of the mean probability, computed without underflow.
+    logits = [torch.tensor([[200.0, 0.0, 0.0]]), torch.tensor([[0.0, 200.0, 0.0]])]
+    combined = Ensemble.combine(logits)
+    assert torch.isfinite(combined).all()
+    assert combined[0, 2].item() == pytest.approx(-200.0, abs=1e-3)  # log((e**-200 + e**-200) / 2)
+    assert torch.allclose(combined[:, :2], torch.full((1, 2), math.log(0.5)), atol=1e-6)
+    moderate = [torch.randn(5, 10), torch.randn(5, 10)]  # where nothing underflows: the plain mean, as before
+    plain = torch.stack([m.softmax(1) for m in moderate]).mean(0).log()
+    assert torch.allclose(Ensemble.combine(moderate), plain, atol=1e-6)
