@@ -17,6 +17,7 @@ import shutil
 import signal
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NoReturn
@@ -257,6 +258,8 @@ def prepare(args, folder: RunFolder, device: torch.device, rank: int, world_size
     scheduler = one_cycle_schedule(optimizer, peak_lr, total_steps, warmup)
     precision = choose_precision(device, args.precision)
     scaler = loss_scaler(device, precision.name)
+    if scaler.is_enabled():  # a step the scaler skips still counts in the schedule, as in any fp16 run: no warning
+        warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before")
     start = folder.restore(model, optimizer, scheduler, scaler, args)
     run = Run(args, folder, device, rank, world_size, precision.name, precision.reason, scaler, train, val, test, model,
               optimizer, scheduler, batch_bounds)
@@ -268,8 +271,8 @@ def speed_up(run: Run) -> None:
     args = run.args
     if args.cuda_graphs and run.device.type == "cuda" and run.world_size == 1 and not args.compile:
         for size in sorted({end - start for start, end in run.batch_bounds}):
-            run.graphed[size] = training.graph_training_step(run.model, data.normalize(run.train[0][:size]),
-                                                                    run.precision)
+            sample = data.normalize(run.train[0][:size])
+            run.graphed[size] = training.graph_training_step(run.model, sample, run.precision)
     if args.compile:
         run.model = training.compile_training_step(run.model)
     if run.world_size > 1:
