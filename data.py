@@ -15,11 +15,8 @@ from typing import Iterator
 import torch
 import torch.nn.functional as F
 
-from lib.cli import UserError
+from lib.common import INPUT_SIZE, MEAN, NUM_CLASSES, STD, UserError  # noqa: F401 (data.INPUT_SIZE etc. for users)
 
-MEAN, STD = 0.1307, 0.3081  # of the 60,000 MNIST training images, pixels scaled to [0, 1]
-INPUT_SIZE = 32
-NUM_CLASSES = 10
 SPLIT_SEED = 0  # fixed, so runs with different --seed are validated on the same held-out images
 
 IDX_FILES = {  # split: (images file, labels file), as torchvision.datasets.MNIST expects them in <root>/MNIST/raw

@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 from torchvision.models.resnet import BasicBlock, ResNet
 
-from data import NUM_CLASSES
+from lib.common import NUM_CLASSES
 
 
 def ResNet18(num_classes: int = NUM_CLASSES, in_channels: int = 1) -> ResNet:

@@ -20,7 +20,8 @@ import torch.nn.functional as F
 import data
 from lib import inference
 from lib.checkpoints import weights_folder
-from lib.cli import ArgumentParser, UserError, add_shared_flags, add_weights_flag, positive_int, random_seed, run_cli
+from lib.cli import ArgumentParser, add_shared_flags, add_weights_flag, positive_int, random_seed, run_cli
+from lib.common import UserError
 from lib.device import evaluation_precision, pick_device
 from lib.drawpad import DrawPad
 from lib.inference import EVAL_BATCH_SIZE, evaluate_split, fold_batchnorm, load_models, prediction_records

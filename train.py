@@ -29,7 +29,6 @@ from lib import training
 from lib.checkpoints import RunFolder
 from lib.cli import (
     ArgumentParser,
-    UserError,
     add_shared_flags,
     float_between,
     non_negative_int,
@@ -39,6 +38,7 @@ from lib.cli import (
     random_seed,
     run_cli,
 )
+from lib.common import UserError
 from lib.device import choose_precision, keep_freed_memory, loss_scaler, pick_device, synchronize
 from lib.distributed import (
     all_reduce_sum,

@@ -12,7 +12,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import data
 from lib.checkpoints import load_model
-from lib.cli import ArgumentParser, UserError, add_shared_flags, positive_int, run_cli
+from lib.cli import ArgumentParser, add_shared_flags, positive_int, run_cli
+from lib.common import UserError
 from lib.device import choose_precision, keep_freed_memory, pick_device, synchronize
 from lib.inference import EVAL_BATCH_SIZE, evaluate, int8_model
 

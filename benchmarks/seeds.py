@@ -28,7 +28,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from lib.cli import ArgumentParser, UserError, add_shared_flags, random_seed, run_cli
+from lib.cli import ArgumentParser, add_shared_flags, random_seed, run_cli
+from lib.common import UserError
 from lib.files import all_or_none, check_writable_dir, write_json
 from lib.plots import pyplot, save_figure
 

@@ -1,5 +1,6 @@
 """What the scripts share, one job a module.
 
+common       the bottom layer: UserError and the constants of the data and the network
 cli          one-line errors, argparse with checked types, the flags every script has
 device       device choice, the choice of precision, autocast and loss scaling, the CPU allocator setting
 distributed  DDP: joining the process group, sums and batch-norm statistics over ranks

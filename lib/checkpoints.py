@@ -13,8 +13,7 @@ from typing import Any, Callable, Iterator
 import torch
 import torch.nn as nn
 
-from data import INPUT_SIZE, MEAN, NUM_CLASSES, STD
-from lib.cli import UserError
+from lib.common import INPUT_SIZE, MEAN, NUM_CLASSES, STD, UserError
 from lib.files import all_or_none, atomic_write, check_writable_dir, claim_folder
 from lib.plots import plot_curves
 from model import ResNet18, to_device, unwrap

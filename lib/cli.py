@@ -9,13 +9,7 @@ from typing import Callable, Iterable
 
 from tqdm import tqdm
 
-
-class UserError(Exception):
-    """A problem the user can fix; printed as one line on stderr, never as a traceback."""
-
-    def __init__(self, message: str, exit_code: int = 2):
-        super().__init__(message)
-        self.exit_code = exit_code
+from lib.common import UserError
 
 
 def run_cli(main: Callable[[], None]) -> None:

@@ -10,7 +10,7 @@ from typing import NamedTuple
 
 import torch
 
-from lib.cli import UserError
+from lib.common import UserError
 
 
 def pick_device(name: str) -> torch.device:

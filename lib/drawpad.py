@@ -15,7 +15,7 @@ from typing import Callable
 import torch
 
 import data
-from lib.cli import UserError
+from lib.common import UserError
 from lib.files import atomic_write
 from lib.inference import prediction_records
 from lib.plots import pyplot

@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Iterator
 
-from lib.cli import UserError
+from lib.common import UserError
 
 _staged: set[Path] = set()  # temporary files that atomic_write blocks still open will rename into place
 

@@ -14,7 +14,8 @@ from torch.fx.experimental.optimization import fuse as fuse_conv_bn
 
 import data
 from lib.checkpoints import load_model
-from lib.cli import UserError, progress
+from lib.cli import progress
+from lib.common import UserError
 from lib.device import autocast
 from model import unwrap
 

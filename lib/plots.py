@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from lib.cli import UserError
+from lib.common import UserError
 from lib.files import atomic_write, check_writable_dir
 
 

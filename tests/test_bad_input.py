@@ -202,7 +202,7 @@ def test_weights_in_a_folder_it_cannot_write_are_tested_only_with_another_out_di
     import data
     import test
     from lib import files
-    from lib.cli import UserError
+    from lib.common import UserError
 
     read_only = workspace.resolve()
     monkeypatch.setattr(files.os, "access", lambda path, mode: Path(path).resolve() != read_only)
@@ -219,7 +219,7 @@ def test_weights_in_a_folder_it_cannot_write_are_tested_only_with_another_out_di
 
 def test_int8_off_the_cpu_is_refused_with_what_to_do():
     # Called directly: no GPU here to run `test.py --int8 --device cuda` on, and the check comes before any work.
-    from lib.cli import UserError
+    from lib.common import UserError
     from lib.inference import int8_model
 
     with pytest.raises(UserError, match=r"--int8 runs on the CPU only .* not cuda: add --device cpu"):
@@ -242,7 +242,7 @@ def test_int8_off_the_cpu_is_refused_with_what_to_do():
 def test_numbers_out_of_range_are_refused_as_the_command_line_is_read(script, arguments, expected):
     # In-process: the one line and exit code 2 of such a refusal are checked end to end above (e.g. negative-lr);
     # without these checks each of them was a traceback from torch (an optimizer, scheduler, loss or generator).
-    from lib.cli import UserError
+    from lib.common import UserError
 
     with pytest.raises(UserError, match=re.escape(expected)):
         importlib.import_module(script).parse_args(arguments)

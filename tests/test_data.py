@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import data
-from lib.cli import UserError
+from lib.common import UserError
 
 
 def test_resize_gives_32x32_in_unit_range():

@@ -14,7 +14,7 @@ from helpers import assert_same_weights, metric_rows, run_script, start_script, 
 
 import lib.device
 from lib.checkpoints import load_checkpoint
-from lib.cli import UserError
+from lib.common import UserError
 from lib.device import choose_precision, loss_scaler
 from lib.training import LR, MIN_WARMUP_STEPS, WARMUP, short_run_warmup, training_step
 

@@ -18,7 +18,7 @@ from helpers import ROOT, assert_same_weights, metric_rows, run_script, start_sc
 
 import lib.checkpoints as checkpoints_module
 from lib.checkpoints import load_checkpoint, save_checkpoint
-from lib.cli import UserError
+from lib.common import UserError
 from lib.files import all_or_none, claim_folder, write_json
 from model import ResNet18
 
