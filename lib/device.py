@@ -32,6 +32,7 @@ def pick_device(name: str) -> torch.device:
 
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def cpu_has_bf16() -> bool:
@@ -48,17 +49,6 @@ def cpu_has_bf16() -> bool:
         return False
 
 
-def bf16_supported(device: torch.device) -> bool:
-    """Whether bf16 runs in hardware here: CUDA from compute capability 8.0 (Ampere), CPUs with bf16 instructions.
-
-    torch.cuda.is_bf16_supported() also says yes on a T4 or V100, where bf16 is emulated and cuDNN has no bf16
-    convolutions, so the capability decides.
-    """
-    if device.type == "cuda":
-        return torch.cuda.get_device_capability(device) >= (8, 0)
-    return device.type == "cpu" and cpu_has_bf16()
-
-
 def autocast_available(device: torch.device, precision: str) -> bool:
     """Whether torch autocasts to this dtype on this device type (it warns and turns itself off where not)."""
     if precision == "fp32":
@@ -70,9 +60,6 @@ def autocast_available(device: torch.device, precision: str) -> bool:
         except (RuntimeError, ValueError):
             return False
     return not caught
-
-
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class Precision(NamedTuple):

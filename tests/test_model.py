@@ -10,7 +10,7 @@ import torch.nn.functional as F
 import torchvision
 
 from lib.checkpoints import load_checkpoint, load_model, save_checkpoint
-from lib.device import autocast, bf16_supported, choose_precision
+from lib.device import autocast, choose_precision, cpu_has_bf16
 from lib.inference import fold_batchnorm
 from lib.training import graph_training_step
 from model import ResNet18, to_device
@@ -136,7 +136,7 @@ def test_cpu_bf16_only_where_the_cpu_has_it_in_hardware(monkeypatch, avx512_bf16
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)  # torch < 2.5: none
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
     cpu = torch.device("cpu")
-    assert bf16_supported(cpu) is expected
+    assert cpu_has_bf16() is expected
     with autocast(cpu, choose_precision(cpu).name):
         assert torch.is_autocast_enabled("cpu") is expected
     with autocast(cpu, "fp32"):
