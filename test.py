@@ -16,7 +16,7 @@ import torch
 import data
 from lib.checkpoints import weights_folder
 from lib.cli import ArgumentParser, add_shared_flags, add_weights_flag, positive_int, progress, random_seed, run_cli
-from lib.device import evaluation_precision, keep_freed_memory, pick_device, synchronize
+from lib.device import LABELS, evaluation_precision, keep_freed_memory, pick_device, synchronize
 from lib.files import all_or_none, check_writable_dir, write_json
 from lib.inference import (
     CALIBRATION_IMAGES,
@@ -245,7 +245,7 @@ def main(argv: list[str] | None = None) -> None:
     confusion = torch.bincount(truth * 10 + predictions, minlength=100).reshape(10, 10)
     classes = per_class_scores(confusion)
     errors = int((predictions != truth).sum())
-    precision = "int8" if args.int8 else {"bf16": "bf16 autocast", "fp16": "fp16 autocast"}.get(args.precision, "fp32")
+    precision = "int8" if args.int8 else LABELS[args.precision]
 
     print(weights_line(args, checkpoints))
     print(f"test accuracy: {100 * result['accuracy']:.2f}% ({result['count'] - errors}/{result['count']}, "

@@ -28,7 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import data
 from lib.cli import ArgumentParser, add_shared_flags, positive_float, positive_int, progress, run_cli
-from lib.device import choose_precision, keep_freed_memory, loss_scaler, pick_device, synchronize
+from lib.device import LABELS, choose_precision, keep_freed_memory, loss_scaler, pick_device, synchronize
 from lib.inference import EVAL_BATCH_SIZE, fold_batchnorm, predict_logits, quantize_int8
 from lib.training import compile_training_step, default_batch_size, graph_training_step, sgd, training_step
 from model import ResNet18, to_device
@@ -200,7 +200,7 @@ def main(argv=None) -> None:
                        graphs=graphs, compiled=compiled, profile=profile)
 
     on_gpu = device.type == "cuda"
-    what = {"bf16": "bf16 autocast", "fp16": "fp16 autocast + loss scaling", "fp32": "fp32"}[args.precision]
+    what = LABELS[args.precision] + (" + loss scaling" if args.precision == "fp16" else "")
     rows = [(f"peer: PIL DataLoader, fp32, NCHW, batch {args.peer_batch_size}", *peer),
             (f"ours: on-device, {what}, channels_last, batch {args.batch_size}{', eager' if on_gpu else ''}",
              *measure_ours(profile=args.profile))]

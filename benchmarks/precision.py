@@ -14,7 +14,7 @@ import data
 from lib.checkpoints import load_model
 from lib.cli import ArgumentParser, add_shared_flags, positive_int, run_cli
 from lib.common import UserError
-from lib.device import choose_precision, keep_freed_memory, pick_device, synchronize
+from lib.device import LABELS, choose_precision, keep_freed_memory, pick_device, synchronize
 from lib.inference import EVAL_BATCH_SIZE, evaluate, int8_model
 
 
@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> dict:
     variants = {"fp32": (model, "fp32")}
     for precision in ("bf16", "fp16"):
         if not choose_precision(device, precision).emulated:
-            variants[f"{precision} autocast"] = (model, precision)
+            variants[LABELS[precision]] = (model, precision)
     if device.type == "cpu":
         variants["int8"] = (int8_model(model, args.data_dir, args.batch_size, device), "fp32")
     if len(variants) == 1:

@@ -33,6 +33,7 @@ def pick_device(name: str) -> torch.device:
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+LABELS = {"bf16": "bf16 autocast", "fp16": "fp16 autocast", "fp32": "fp32"}  # what reports and tables call each
 
 
 def cpu_has_bf16() -> bool:
