@@ -130,6 +130,15 @@ def load_test(data_dir: str | Path | None, device: torch.device) -> tuple[torch.
     return to_model_size(images).to(device), labels.to(device)
 
 
+def affine_matrices(angle: torch.Tensor, zoom: torch.Tensor, shift_x: torch.Tensor, shift_y: torch.Tensor,
+                    shear: torch.Tensor | None = None) -> torch.Tensor:
+    """Affine matrices [n, 2, 3] for grid_sample (output -> input grid) from each image's rotation (radians), zoom,
+    shift (grid units: a side spans 2) and shear: what the augmentation and test.py's corruptions both warp by."""
+    cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
+    top = -sin if shear is None else -sin + shear
+    return torch.stack([torch.stack([cos, top, shift_x], 1), torch.stack([sin, cos, shift_y], 1)], 1)
+
+
 def random_affines(n: int, generator: torch.Generator, rotate: float = 12.0, scale: float = 0.1,
                    translate: float = 0.1) -> torch.Tensor:
     """Per-sample affine matrices [n, 2, 3] for grid_sample: rotation (degrees), zoom and shift (fraction of the side).
@@ -137,11 +146,8 @@ def random_affines(n: int, generator: torch.Generator, rotate: float = 12.0, sca
     Handwriting varies in slant, size and position, never in mirror image, so there are no flips.
     """
     u = torch.rand(n, 4, generator=generator) * 2 - 1
-    angle = u[:, 0] * math.radians(rotate)
-    zoom = 1 + u[:, 1] * scale
-    cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
     shift = u[:, 2:] * translate * 2  # grid coordinates span [-1, 1], i.e. 2 units per side
-    return torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
+    return affine_matrices(u[:, 0] * math.radians(rotate), 1 + u[:, 1] * scale, shift[:, 0], shift[:, 1])
 
 
 def apply_affines(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
@@ -221,104 +227,3 @@ def batches(
         if step_seeds is not None:
             x = vary_ink(x, torch.Generator(x.device).manual_seed(step_seeds[step] + rank))
         yield normalize(x), labels[index]
-
-
-# --- Users' own images -------------------------------------------------------------------------------------
-# A photo or scan is dark ink on a light, uneven background, any size, anywhere in the frame; MNIST digits are
-# light on black, fitted into a 20x20 box and centred by mass in 28x28. digit_to_mnist closes that gap so the
-# result goes through the same to_model_size and normalize as the training images.
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif"}
-MAX_IMAGE_PIXELS = 40_000_000  # a 40-megapixel photo is plenty; beyond that assume a decompression bomb
-
-
-def read_image(path: str | Path) -> torch.Tensor:
-    """An image file as grayscale float [H, W] in [0, 1]; transparency is flattened onto white paper."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as image:
-            if image.width * image.height > MAX_IMAGE_PIXELS:
-                raise UserError(f"{path}: {image.width}x{image.height} pixels is too large (limit "
-                                f"{MAX_IMAGE_PIXELS:,}); resize it first")
-            image.seek(0)  # first frame of a GIF
-            paper = Image.new("RGBA", image.size, "white")
-            gray = Image.alpha_composite(paper, image.convert("RGBA")).convert("L")
-    except UnidentifiedImageError:
-        raise UserError(f"{path}: not an image file PIL can read") from None
-    except OSError as error:
-        raise UserError(f"{path}: cannot read image ({error})") from None
-    return torch.frombuffer(bytearray(gray.tobytes()), dtype=torch.uint8).view(gray.height, gray.width).float() / 255
-
-
-def _otsu_threshold(x: torch.Tensor) -> float:
-    """The grey level that best separates ink from background (Otsu, 1979), on a 256-bin histogram."""
-    histogram = torch.histc(x, bins=256, min=0, max=1).double()
-    levels = torch.linspace(0, 1, 256, dtype=torch.float64)
-    weight = histogram.cumsum(0)
-    mass = (histogram * levels).cumsum(0)
-    total, total_mass = weight[-1], mass[-1]
-    between = (total_mass * weight / total - mass) ** 2 / (weight * (total - weight)).clamp(min=1e-12)
-    return levels[between.argmax()].item()
-
-
-def box_blur(x: torch.Tensor, kernel: int) -> torch.Tensor:
-    """The mean over each kernel x kernel box (odd kernel, edges replicated) of an image [H, W], as a row pass then a
-    column pass: 2 * kernel additions a pixel instead of kernel**2 (BENCHMARKS.md, "`predict.py` on many digits and on
-    large photos")."""
-    if kernel == 1:
-        return x
-    padded = F.pad(x[None, None], [kernel // 2] * 4, mode="replicate")
-    return F.avg_pool2d(F.avg_pool2d(padded, (1, kernel), stride=1), (kernel, 1), stride=1)[0, 0]
-
-
-def digit_to_mnist(gray: torch.Tensor) -> torch.Tensor:
-    """A grayscale digit [H, W] in [0, 1] as MNIST would have it: [28, 28], light on black, centred by mass.
-
-    The ink is fitted into a 20x20 box first, as MNIST's digits were; the steps are in docs/internals.md.
-    """
-    border = torch.cat([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
-    x = 1 - gray if border.median() > 0.5 else gray.clone()  # make it light ink on a dark background
-    # Find the ink on a copy blurred in proportion to size, so paper texture and sensor noise do not survive the
-    # threshold; the digit itself stays sharp (the downscale to 20x20 below averages the noise away anyway).
-    blurred = box_blur(x, max(1, round(max(x.shape) / 100)) * 2 - 1)
-    threshold = _otsu_threshold(blurred)
-    mask = blurred > threshold
-    # Samples are enough for percentiles (and torch.quantile caps its input size).
-    ink = blurred[mask][:: max(1, int(mask.sum()) // 1_000_000)]
-    paper = blurred[~mask][:: max(1, int((~mask).sum()) // 1_000_000)]
-    brightest = ink.quantile(0.99).item() if ink.numel() else threshold
-    if brightest - threshold < 0.1 or paper.numel() == 0:
-        raise UserError("no digit found: the image is blank or has too little contrast")
-    # Zero at the paper's level plus 3 sigma of its noise (median and MAD), not at a high percentile of what lies
-    # below the threshold: the strokes' soft edges lie there too, and cutting into them leaves strokes thinner than
-    # MNIST's (tests/test_user_images.py checks the ink kept).
-    paper_level = paper.median()
-    zero = min((paper_level + 3 * 1.4826 * (paper - paper_level).abs().median()).item(), threshold)
-    rows, cols = mask.sum(1).nonzero(), mask.sum(0).nonzero()
-    x = ((x - zero) / (brightest - zero)).clamp(0, 1)[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
-    scale = 20 / max(x.shape)
-    height, width = max(1, round(x.shape[0] * scale)), max(1, round(x.shape[1] * scale))
-    x = F.interpolate(x[None, None], size=(height, width), mode="bilinear", antialias=True, align_corners=False)
-    x = x[0, 0].clamp(0, 1)
-    canvas = torch.zeros(28, 28)
-    top, left = (28 - height) // 2, (28 - width) // 2
-    canvas[top : top + height, left : left + width] = x
-    ys, xs = torch.meshgrid(torch.arange(28.0), torch.arange(28.0), indexing="ij")
-    shift_y = round(13.5 - (canvas * ys).sum().item() / canvas.sum().item())
-    shift_x = round(13.5 - (canvas * xs).sum().item() / canvas.sum().item())
-    # Move the centre of mass to the middle, but never push ink off the canvas.
-    shift_y = max(-top, min(shift_y, 28 - top - height))
-    shift_x = max(-left, min(shift_x, 28 - left - width))
-    return torch.roll(canvas, (shift_y, shift_x), dims=(0, 1))
-
-
-def find_images(paths: list[str]) -> list[Path]:
-    """Files as given, plus the image files inside any directories given, in a stable order."""
-    found = []
-    for path in map(Path, paths):
-        if path.is_dir():
-            found += sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-        else:
-            found.append(path)
-    return found

@@ -18,14 +18,15 @@ import torch
 import torch.nn.functional as F
 
 import data
+from lib import images as user_images
 from lib import inference
-from lib.checkpoints import weights_folder
 from lib.cli import ArgumentParser, add_shared_flags, add_weights_flag, positive_int, random_seed, run_cli
 from lib.common import UserError
 from lib.device import evaluation_precision, pick_device
 from lib.drawpad import DrawPad
-from lib.inference import EVAL_BATCH_SIZE, evaluate_split, fold_batchnorm, load_models, prediction_records
+from lib.inference import EVAL_BATCH_SIZE, evaluate_split, load_models, prediction_records
 from lib.plots import check_figure_path, opens_windows, pyplot, save_figure, show_window
+from lib.reports import ERRORS_FIGURE, PREDICTIONS_FIGURE, report_name, weights_folder
 
 SAMPLES_SHOWN = 16  # --num's default for random test digits
 ERRORS_SHOWN = 64  # and with --errors, a cap: a trained model makes about 30 mistakes, a half-trained one thousands
@@ -53,8 +54,8 @@ def parse_args(argv: list[str] | None = None):
     parser.add_argument("--num", type=positive_int,
                         help=f"how many test digits to show (default: {SAMPLES_SHOWN}; with --errors {ERRORS_SHOWN})")
     parser.add_argument("--seed", type=random_seed, default=0, help="which random digits to pick")
-    parser.add_argument("--out", help="where to save the figure (default: predictions.png, with --errors errors.png, "
-                                      "in the folder of --weights)")
+    parser.add_argument("--out", help=f"where to save the figure (default: {PREDICTIONS_FIGURE}, with --errors "
+                                      f"{ERRORS_FIGURE}, in the folder of --weights)")
     parser.add_argument("--show", action="store_true", help="also open the figure in a window")
     add_shared_flags(parser, "--device", "--precision", "--no-amp")
     return parser.parse_args(argv)
@@ -137,14 +138,15 @@ def tell(args, line: str) -> None:
 
 def predict_images(model: torch.nn.Module, args) -> None:
     """Classify the user's image files; a file that fails is reported and skipped, and the exit code says so."""
-    files = data.find_images(args.images)
+    files = user_images.find_images(args.images)
     if not files:
-        raise UserError(f"no image files ({', '.join(sorted(data.IMAGE_SUFFIXES))}) found in {' '.join(args.images)}")
+        suffixes = ", ".join(sorted(user_images.IMAGE_SUFFIXES))
+        raise UserError(f"no image files ({suffixes}) found in {' '.join(args.images)}")
     originals, digits, names, failed = [], [], [], 0
     for path in files:
         try:
-            gray = data.read_image(path)
-            digits.append(data.digit_to_mnist(gray))
+            gray = user_images.read_image(path)
+            digits.append(user_images.digit_to_mnist(gray))
         except UserError as error:
             message = str(error) if str(error).startswith(str(path)) else f"{path}: {error}"
             print(f"error: {message}", file=sys.stderr)
@@ -200,7 +202,7 @@ def show_errors(model: torch.nn.Module, args, device: torch.device) -> None:
 
 
 def draw(args) -> None:
-    """--draw: the pad, predicting by the batch-norm-folded model test.py evaluates, folded once for speed."""
+    """--draw: the pad, predicting by the batch-norm-folded model test.py evaluates."""
     if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
         raise UserError("--draw needs a window, and there is no display here ($DISPLAY is not set); to classify "
                         "image files, use --images")
@@ -211,9 +213,8 @@ def draw(args) -> None:
     device = torch.device("cpu") if args.device == "auto" else pick_device(args.device)  # no GPU start-up wait
     args.precision = evaluation_precision(device, args.precision)
     model, _ = load_models(args.weights, device)
-    folded = fold_batchnorm(model)
     try:
-        pad = DrawPad(lambda images: inference.probabilities(folded, images, args.precision), Path(args.save_dir),
+        pad = DrawPad(lambda images: inference.probabilities(model, images, args.precision), Path(args.save_dir),
                       args.json, members=args.members)
     except Exception as error:  # the display named cannot be opened: Tk's TclError, or another toolkit's
         raise UserError(f"--draw could not open a window: {str(error).splitlines()[0]}") from None
@@ -222,8 +223,8 @@ def draw(args) -> None:
 
 def default_figure_path(args) -> str:
     """Beside the weights it shows; an ensemble's, named ensemble_*, in the folder its members share."""
-    name = "errors.png" if args.errors else "predictions.png"
-    return str(weights_folder(args.weights) / (name if len(args.weights) == 1 else f"ensemble_{name}"))
+    name = ERRORS_FIGURE if args.errors else PREDICTIONS_FIGURE
+    return str(weights_folder(args.weights) / report_name(name, len(args.weights)))
 
 
 def main(argv: list[str] | None = None) -> None:

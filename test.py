@@ -6,7 +6,6 @@
 """
 from __future__ import annotations
 
-import math
 import sys
 import time
 from pathlib import Path
@@ -14,8 +13,8 @@ from pathlib import Path
 import torch
 
 import data
-from lib.checkpoints import weights_folder
 from lib.cli import ArgumentParser, add_shared_flags, add_weights_flag, positive_int, progress, random_seed, run_cli
+from lib.corruptions import CORRUPTIONS, corrupt
 from lib.device import LABELS, evaluation_precision, keep_freed_memory, pick_device, synchronize
 from lib.files import all_or_none, check_writable_dir, write_json
 from lib.inference import (
@@ -23,12 +22,21 @@ from lib.inference import (
     EVAL_BATCH_SIZE,
     Ensemble,
     evaluate,
+    evaluate_members,
     evaluate_split,
     int8_model,
     load_models,
     score,
 )
 from lib.plots import pyplot, save_figure
+from lib.reports import (
+    CONFUSION_MATRIX,
+    ROBUSTNESS_FIGURE,
+    ROBUSTNESS_REPORT,
+    TEST_REPORT,
+    report_name,
+    weights_folder,
+)
 
 
 def parse_args(argv: list[str] | None = None):
@@ -36,7 +44,7 @@ def parse_args(argv: list[str] | None = None):
     add_weights_flag(parser, "each member is tested, then the ensemble, whose files are named ensemble_*, so that "
                              "a model's own are never replaced")
     add_shared_flags(parser, "--data-dir")
-    parser.add_argument("--out-dir", help="where test_report.json and confusion_matrix.png go (default: the folder of "
+    parser.add_argument("--out-dir", help=f"where {TEST_REPORT} and {CONFUSION_MATRIX} go (default: the folder of "
                                           "--weights, or the folder several --weights share)")
     add_shared_flags(parser, "--device")
     parser.add_argument("--batch-size", type=positive_int, default=EVAL_BATCH_SIZE, help="images per forward pass")
@@ -52,54 +60,7 @@ def parse_args(argv: list[str] | None = None):
     return parser.parse_args(argv)
 
 
-def _affine(n: int, generator: torch.Generator, angle_deg: float = 0, shear: float = 0, zoom: float = 1,
-            shift_px: float = 0) -> torch.Tensor:
-    """Affine matrices [n, 2, 3] (output -> input grid) with a random sign/direction per image."""
-    sign = torch.randint(0, 2, (n,), generator=generator).float() * 2 - 1
-    direction = torch.rand(n, generator=generator) * 2 * math.pi
-    angle = sign * math.radians(angle_deg)
-    cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
-    shift = shift_px * 2 / data.INPUT_SIZE
-    return torch.stack([torch.stack([cos, -sin + sign * shear, shift * torch.cos(direction)], 1),
-                        torch.stack([sin, cos, shift * torch.sin(direction)], 1)], 1)
-
-
-def corrupt(x: torch.Tensor, name: str, level: float, generator: torch.Generator) -> torch.Tensor:
-    """One standard corruption of [0, 1] images [N, 1, 32, 32] at one severity."""
-    from torchvision.transforms.v2.functional import gaussian_blur
-
-    n = len(x)
-    if name == "rotation":
-        return data.apply_affines(x, _affine(n, generator, angle_deg=level).to(x.device))
-    if name == "shear":
-        return data.apply_affines(x, _affine(n, generator, shear=level).to(x.device))
-    if name == "scale":
-        return data.apply_affines(x, _affine(n, generator, zoom=level).to(x.device))
-    if name == "translation":
-        return data.apply_affines(x, _affine(n, generator, shift_px=level).to(x.device))
-    if name == "gaussian noise":
-        return (x + level * torch.randn(x.shape, generator=generator).to(x.device)).clamp(0, 1)
-    if name == "blur":
-        return gaussian_blur(x, kernel_size=[7, 7], sigma=[level, level])
-    if name == "thicken":
-        return data.thicken(x, int(level))
-    if name == "thin":
-        return data.thin(x, int(level))
-    if name == "contrast":
-        return x * level
-    if name == "inversion":
-        return 1 - x
-    raise ValueError(name)
-
-
-CORRUPTIONS = {  # name: severities, mild to harsh (units: degrees, shear factor, zoom, pixels, std, sigma, steps, gain)
-    "rotation": [15, 30, 45], "shear": [0.2, 0.4, 0.6], "scale": [0.8, 0.65, 0.5], "translation": [3, 5, 7],
-    "gaussian noise": [0.1, 0.2, 0.4], "blur": [0.5, 1.0, 1.5], "thicken": [1, 2], "thin": [1, 2],
-    "contrast": [0.5, 0.3, 0.15], "inversion": [1],
-}
-
-
-def robustness_report(model, images, labels, args, out_dir: Path, prefix: str = "") -> dict:
+def robustness_report(model, images, labels, args, out_dir: Path, members: int = 1) -> dict:
     """Accuracy under each corruption and severity; deterministic given --seed."""
     images, labels = images[: args.robustness_images], labels[: args.robustness_images]
     clean = evaluate(model, data.batches(images, labels, args.batch_size), args.precision)["accuracy"]
@@ -122,7 +83,8 @@ def robustness_report(model, images, labels, args, out_dir: Path, prefix: str = 
         bar.write(f"{name:<16} {cells}", file=sys.stdout)
         sys.stdout.flush()  # rows show as they come in a log too
     bar.close()
-    report_path, figure_path = out_dir / f"{prefix}robustness.json", out_dir / f"{prefix}robustness.png"
+    report_path = out_dir / report_name(ROBUSTNESS_REPORT, members)
+    figure_path = out_dir / report_name(ROBUSTNESS_FIGURE, members)
     with all_or_none() as stage:
         write_json(stage(report_path), results)
         plot_robustness(stage(figure_path), results)
@@ -201,21 +163,17 @@ def weights_line(args, checkpoints: list[dict]) -> str:
 def evaluate_ensemble(ensemble: Ensemble, images, labels, args, checkpoints: list[dict]) -> tuple[dict, list[dict]]:
     """The ensemble's result and each member's test accuracy and loss, the latter printed as a table.
 
-    Each member runs once: the ensemble's output is combined from their logits, as its forward() combines them.
     """
-    rows, logits = [], []
-    for path, member, checkpoint in zip(args.weights, ensemble.members, checkpoints):
-        result = evaluate_split(member, images, labels, args.batch_size, args.precision, desc=f"test {path}")
-        rows.append({"weights": path, "epoch": checkpoint.get("epoch"), "accuracy": result["accuracy"],
-                     "loss": result["loss"]})
-        logits.append(result["logits"])
+    results = evaluate_members(ensemble.members, images, labels, args.weights, args.batch_size, args.precision)
+    rows = [{"weights": path, "epoch": checkpoint.get("epoch"), "accuracy": result["accuracy"], "loss": result["loss"]}
+            for path, checkpoint, result in zip(args.weights, checkpoints, results)]
     width = max(len(row["weights"]) for row in rows)
     print(f"{'member':<{width}}  epoch  test acc  test loss")
     for row in rows:
         print(f"{row['weights']:<{width}}  {row['epoch'] if row['epoch'] is not None else '?':>5}  "
               f"{100 * row['accuracy']:7.2f}%  {row['loss']:9.4f}")
     print()
-    return score(Ensemble.combine(logits), labels), rows
+    return score(Ensemble.combine([result["logits"] for result in results]), labels), rows
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -238,7 +196,6 @@ def main(argv: list[str] | None = None) -> None:
         result, members = evaluate_split(model, images, labels, args.batch_size, args.precision, desc="test"), None
     synchronize(device)
     seconds = time.perf_counter() - started
-    prefix = "ensemble_" if members else ""  # an ensemble's files never replace one of its members' own
 
     predictions = result["logits"].argmax(1).cpu()
     truth = result["labels"].cpu()
@@ -262,13 +219,14 @@ def main(argv: list[str] | None = None) -> None:
     report |= {"accuracy": result["accuracy"], "loss": result["loss"], "errors": errors, "count": result["count"],
                "device": str(device), "precision": precision, "seconds": seconds, "per_class": classes,
                "confusion_matrix": confusion.tolist()}
-    report_path, figure_path = out_dir / f"{prefix}test_report.json", out_dir / f"{prefix}confusion_matrix.png"
+    report_path = out_dir / report_name(TEST_REPORT, len(args.weights))
+    figure_path = out_dir / report_name(CONFUSION_MATRIX, len(args.weights))
     with all_or_none() as stage:  # never a new report beside the confusion matrix of other weights
         write_json(stage(report_path), report)
         plot_confusion(stage(figure_path), confusion, result["accuracy"])
     print(f"\nwrote {report_path} and {figure_path}")
     if args.robustness:
-        robustness_report(model, images, labels, args, out_dir, prefix)
+        robustness_report(model, images, labels, args, out_dir, len(args.weights))
 
 
 if __name__ == "__main__":

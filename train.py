@@ -26,7 +26,6 @@ import torch
 
 import data
 from lib import training
-from lib.checkpoints import RunFolder
 from lib.cli import (
     ArgumentParser,
     add_shared_flags,
@@ -49,6 +48,7 @@ from lib.distributed import (
     wrap_for_ddp,
 )
 from lib.inference import EVAL_BATCH_SIZE, evaluate_split
+from lib.runs import RunFolder, claim_run_folder, open_run_folder
 from lib.training import (
     StopRequest,
     current_lr,
@@ -241,7 +241,7 @@ def seed_everything(args: argparse.Namespace) -> None:
     torch.manual_seed(args.seed)
 
 
-def prepare(args, folder: RunFolder, device: torch.device, rank: int, world_size: int) -> tuple[Run, tuple]:
+def prepare(args, resumed: dict | None, device: torch.device, rank: int, world_size: int) -> tuple[Run, tuple]:
     """Load the data, claim the folder, build the model, optimizer and schedule, and restore them when resuming.
 
     Returns the run and (epoch, step, partial epoch sums) to start from.
@@ -249,7 +249,7 @@ def prepare(args, folder: RunFolder, device: torch.device, rank: int, world_size
     train, val = data.load_train_val(args.data_dir, args.val_size, args.subset, device)
     test = data.load_test(args.data_dir, device) if args.test_each_epoch else None
     if rank == 0:  # the flags and the data are good: from here on this run writes into the folder, and no other may
-        folder.claim()
+        claim_run_folder(args.out_dir)
     model = to_device(ResNet18(), device, args.channels_last)
     optimizer = sgd(model, device.type == "cuda", args.lr, args.momentum, args.weight_decay)
     batch_bounds = data.batch_bounds(len(train[0]), args.batch_size, world_size)
@@ -260,7 +260,8 @@ def prepare(args, folder: RunFolder, device: torch.device, rank: int, world_size
     scaler = loss_scaler(device, precision.name)
     if scaler.is_enabled():  # a step the scaler skips still counts in the schedule, as in any fp16 run: no warning
         warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before")
-    start = folder.restore(model, optimizer, scheduler, scaler, args)
+    folder = RunFolder(args.out_dir, resumed, model, optimizer, scheduler, scaler, args, lambda: resume_command(args))
+    start = folder.restore()
     run = Run(args, folder, device, rank, world_size, precision.name, precision.reason, scaler, train, val, test, model,
               optimizer, scheduler, batch_bounds)
     return run, start
@@ -444,24 +445,24 @@ def stop(run: Run, epoch: int, steps_done: int | None = None, partial: dict | No
 def main(argv: list[str] | None = None) -> torch.nn.Module | None:
     """Train as the command line says; returns the trained model (None if a finished run was resumed)."""
     args = parse_args(argv)
-    folder = RunFolder(args.out_dir, resume=args.resume, overwrite=args.overwrite,
-                       resume_command=lambda: resume_command(args))
+    resumed = open_run_folder(args.out_dir, resume=args.resume, overwrite=args.overwrite)
     device = pick_device(args.device)
     keep_freed_memory()
-    if folder.resumed is not None:
-        adopt_saved_recipe(args, folder.resumed["args"], folder.last_pt)
+    if resumed is not None:
+        adopt_saved_recipe(args, resumed["args"], Path(args.out_dir) / "last.pt")
     args.batch_size = args.batch_size or default_batch_size(device)
     rank, world_size, device = setup_distributed(device)
     check_how_to_run(args, device, world_size)
     seed_everything(args)
-    run, (start_epoch, start_step, partial) = prepare(args, folder, device, rank, world_size)
+    run, (start_epoch, start_step, partial) = prepare(args, resumed, device, rank, world_size)
+    folder = run.folder
     if start_epoch >= args.epochs:
         print(f"{folder.last_pt} already finished all {args.epochs} epochs; nothing to resume")
         return None
     speed_up(run)
     run.stop = StopRequest()
     if run.is_main:
-        announce(run, (start_epoch, start_step) if folder.resumed is not None else None)
+        announce(run, (start_epoch, start_step) if resumed is not None else None)
 
     for epoch in range(start_epoch, args.epochs):
         # A resumed epoch's time counts its part before the interruption too.

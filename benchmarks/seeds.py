@@ -32,6 +32,7 @@ from lib.cli import ArgumentParser, add_shared_flags, random_seed, run_cli
 from lib.common import UserError
 from lib.files import all_or_none, check_writable_dir, write_json
 from lib.plots import pyplot, save_figure
+from lib.reports import TEST_REPORT
 
 OWN_FLAGS = ("--seed", "--out-dir", "--test-each-epoch")  # set per seed by this script
 # In each seed's folder: its train.py flags, whether training finished, and how long it took.
@@ -100,7 +101,7 @@ def run_seed(seed: int, run_dir: Path, args) -> float | None:
         run_child(train, f"train.py for seed {seed}")
         record.update(trained=True, wall_seconds=None if started_before else time.perf_counter() - started)
         write_json(record_path, record)
-    report, weights = run_dir / "test_report.json", run_dir / "best.pt"
+    report, weights = run_dir / TEST_REPORT, run_dir / "best.pt"
     if report.exists() and weights.exists() and report.stat().st_mtime >= weights.stat().st_mtime:
         print(f"\n=== seed {seed}: trained and tested earlier, in {run_dir}", flush=True)
     else:
@@ -116,7 +117,7 @@ def read_run(run_dir: Path) -> tuple[list[dict], dict]:
     """A finished run's metrics.csv rows (train.py --test-each-epoch) and test_report.json (test.py)."""
     with open(run_dir / "metrics.csv", newline="") as f:
         history = list(csv.DictReader(f))
-    return history, json.loads((run_dir / "test_report.json").read_text())
+    return history, json.loads((run_dir / TEST_REPORT).read_text())
 
 
 def summarise(runs: dict[int, Path], wall_seconds: dict[int, float | None], target: float) -> str:
@@ -159,15 +160,15 @@ def ensemble_accuracies(runs: dict[int, Path], args) -> list[float]:
     """
     import data
     from lib.device import choose_precision, pick_device
-    from lib.inference import Ensemble, evaluate_split, load_models
+    from lib.inference import Ensemble, evaluate_members, load_models
 
     device = pick_device(args.device)
     precision = choose_precision(device).name  # test.py's default
     images, labels = data.load_test(args.data_dir, device)
-    logits = []
-    for seed, run_dir in runs.items():
-        model, _ = load_models([str(run_dir / "best.pt")], device)
-        logits.append(evaluate_split(model, images, labels, precision=precision, desc=f"seed {seed}")["logits"])
+    weights = [str(run_dir / "best.pt") for run_dir in runs.values()]
+    ensemble, _ = load_models(weights, device)
+    members = ensemble.members if isinstance(ensemble, Ensemble) else [ensemble]
+    logits = [result["logits"] for result in evaluate_members(members, images, labels, weights, precision=precision)]
     return [(Ensemble.combine(logits[:size]).argmax(1) == labels).float().mean().item()
             for size in range(1, len(logits) + 1)]
 

@@ -17,6 +17,7 @@ import torch
 import data
 from lib.common import UserError
 from lib.files import atomic_write
+from lib.images import digit_to_mnist
 from lib.inference import prediction_records
 from lib.plots import pyplot
 
@@ -83,7 +84,7 @@ class Drawing:
 
 def model_view(drawing: Drawing) -> torch.Tensor:
     """What the model sees of the drawing: digit_to_mnist's 28x28 digit, as for --images, at the model's 32x32."""
-    return data.to_model_size(data.digit_to_mnist(drawing.image())[None, None])[0]
+    return data.to_model_size(digit_to_mnist(drawing.image())[None, None])[0]
 
 
 def answer_line(record: dict, as_json: bool) -> str:

@@ -1,64 +1,24 @@
-"""Inference: the batch-norm-folded model, its int8 copy, and the one path every script predicts and evaluates by."""
+"""Inference: trained models loaded for it (one, or an ensemble), and the one path every script predicts and
+evaluates by."""
 from __future__ import annotations
 
-import copy
 import math
 import time
-import warnings
 from typing import Iterable
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.fx.experimental.optimization import fuse as fuse_conv_bn
 
 import data
 from lib.checkpoints import load_model
 from lib.cli import progress
 from lib.common import UserError
 from lib.device import autocast
-from model import unwrap
+from lib.fast_copies import fold_batchnorm, quantize_int8
 
 EVAL_BATCH_SIZE = 1000  # of validation and test passes: in the same batches bf16 rounds alike, so every script agrees
 CALIBRATION_IMAGES = 256  # training images whose activation ranges set the int8 scales (more did no better)
-
-
-def fold_batchnorm(model: nn.Module) -> nn.Module:
-    """A copy of `model` for inference, each batch norm folded into the convolution before it.
-
-    Same outputs up to rounding, one pass over every activation less. `model` itself is left as it was (training
-    mode included). A model with no batch norm left (an int8 one from quantize_int8) comes back as it is.
-    """
-    model = unwrap(model)
-    if not any(isinstance(module, nn.BatchNorm2d) for module in model.modules()):
-        return model
-    was_training = model.training
-    folded = fuse_conv_bn(model.eval())  # copies first
-    model.train(was_training)
-    return folded
-
-
-def quantize_int8(model: nn.Module, calibration_images: Iterable[torch.Tensor]) -> nn.Module:
-    """An int8 copy of `model` for inference on the CPU: post-training static quantization, torch.ao's FX flow.
-
-    Each batch norm is folded, each convolution fused with its ReLU and each residual add with its ReLU; weights
-    become int8 per output channel, activations uint8 over the ranges seen on `calibration_images` (normalised
-    batches, never test images). Integer dot products (AVX512-VNNI) do twice the work of bf16 ones.
-    """
-    from torch.ao.quantization import get_default_qconfig_mapping
-    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
-
-    model = copy.deepcopy(unwrap(model)).cpu().eval()
-    qconfig = get_default_qconfig_mapping(torch.backends.quantized.engine)  # x86 (fbgemm + oneDNN), qnnpack on Arm
-    example = torch.zeros(1, 1, data.INPUT_SIZE, data.INPUT_SIZE)
-    with warnings.catch_warnings():
-        # torch.ao.quantization is deprecated in favour of torchao, whose int8 convolutions need torch.compile.
-        warnings.simplefilter("ignore")
-        observed = prepare_fx(model, qconfig, (example,))
-        with torch.no_grad():
-            for images in calibration_images:
-                observed(images.cpu())
-        return convert_fx(observed)
 
 
 class Ensemble(nn.Module):
@@ -87,12 +47,13 @@ class Ensemble(nn.Module):
 
 
 def load_models(paths: list[str], device: torch.device) -> tuple[nn.Module, list[dict]]:
-    """The model of one checkpoint, or the Ensemble of several, in eval mode; and the checkpoints.
+    """The model of one checkpoint, or the Ensemble of several, ready for inference; and the checkpoints.
 
+    Each model's batch norm is folded here, once, not on each call of predict_logits (a robustness report makes 27).
     Each is checked as load_model checks one, so a bad member is refused in one line that names it.
     """
     loaded = [load_model(path, device) for path in paths]
-    models, checkpoints = [model for model, _ in loaded], [checkpoint for _, checkpoint in loaded]
+    models, checkpoints = [fold_batchnorm(model) for model, _ in loaded], [checkpoint for _, checkpoint in loaded]
     return (models[0] if len(models) == 1 else Ensemble(models).eval()), checkpoints
 
 
@@ -122,7 +83,7 @@ def predict_logits(model: nn.Module, batches: Iterable[torch.Tensor], precision:
     """fp32 logits [N, 10] of `model` over batches of normalised images, by its batch-norm-folded copy.
 
     Every prediction in this project comes from here: test.py's accuracy, predict.py's digits, the benchmark's
-    evaluation. `model` is unchanged.
+    evaluation. `model` is unchanged; one already folded (load_models') is used as it is.
     """
     inference_model = fold_batchnorm(model)
     parameter = next(inference_model.parameters(), None)
@@ -196,3 +157,11 @@ def evaluate_split(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
     steps = len(data.batch_bounds(len(images), batch_size, world_size))
     split_batches = data.batches(images, labels, batch_size, rank=rank, world_size=world_size)
     return evaluate(model, progress(split_batches, total=steps, desc=desc, unit="batch", show=show), precision)
+
+
+def evaluate_members(members: list[nn.Module], images: torch.Tensor, labels: torch.Tensor, names: list[str],
+                     batch_size: int = EVAL_BATCH_SIZE, precision: str = "fp32") -> list[dict]:
+    """evaluate_split of each member of an ensemble, once each: an ensemble's result is then Ensemble.combine of
+    their logits (and score), never a second pass of every member."""
+    return [evaluate_split(member, images, labels, batch_size, precision, desc=f"test {name}")
+            for member, name in zip(members, names)]

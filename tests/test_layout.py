@@ -55,3 +55,12 @@ def test_the_check_sees_an_import_from_above_even_inside_a_function(tmp_path):
     imported = project_imports(source)
     assert imported == {"lib.cli", "lib.checkpoints"}
     assert all(layer(module) > layer("data") for module in imported)
+
+
+@pytest.mark.parametrize("module, allowed", [
+    ("lib/checkpoints.py", {"lib.common", "lib.files", "model"}),  # the file format: no run folder, no plotting
+    ("data.py", {"lib.common"}),  # MNIST only: users' images are lib.images'
+    ("lib/fast_copies.py", {"lib.common", "model"}),  # folding and int8: no data loading, no evaluation
+])
+def test_each_job_lives_apart(module, allowed):
+    assert project_imports(ROOT / module) <= allowed

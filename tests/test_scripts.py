@@ -21,9 +21,9 @@ import torch.nn.functional as F
 import torchvision
 from helpers import PNG_MAGIC, ROOT, run_script
 
+from lib.corruptions import CORRUPTIONS
 from lib.training import LR, WARMUP, short_run_warmup
 from model import ResNet18
-from test import CORRUPTIONS
 
 
 @pytest.mark.parametrize("script", ["train.py", "test.py", "predict.py"])

@@ -13,9 +13,10 @@ from render_digits import write_rendered
 
 import data
 from lib.checkpoints import load_model
+from lib.corruptions import CORRUPTIONS, corrupt
 from lib.device import choose_precision
+from lib.images import box_blur, digit_to_mnist, read_image
 from lib.inference import probabilities
-from test import CORRUPTIONS, corrupt
 
 AUTO = choose_precision(torch.device("cpu")).name  # the precision the scripts pick on this CPU
 
@@ -60,7 +61,7 @@ def test_photos_of_digits_score_within_5_points_of_the_originals(trained, render
     # Control: the same files without the MNIST-style preprocessing, just grayscale and resized.
     unprocessed = torch.stack(
         [
-            torch.nn.functional.interpolate(data.read_image(p)[None, None], size=32, mode="bilinear", antialias=True)[0]
+            torch.nn.functional.interpolate(read_image(p)[None, None], size=32, mode="bilinear", antialias=True)[0]
             for p in paths
         ]
     )
@@ -80,7 +81,7 @@ def test_photos_of_digits_score_within_5_points_of_the_originals(trained, render
 
 def test_photos_of_digits_come_back_as_mnist_digits(rendered):
     paths, images, _ = rendered
-    recovered = torch.stack([data.digit_to_mnist(data.read_image(p)) for p in paths])
+    recovered = torch.stack([digit_to_mnist(read_image(p)) for p in paths])
     originals = images.float() / 255
     # Half a pixel of rounding in the box and centring moves thin strokes, so a right pipeline differs from the
     # originals by about half their ink (median 0.50); a 16 or 26 pixel box, no centring by mass or no contrast
@@ -122,7 +123,7 @@ def test_one_bad_file_is_reported_and_the_others_are_still_classified(trained, r
 def test_a_digit_in_a_small_clean_image_is_not_distorted():
     digit = torch.zeros(28, 28)
     digit[4:24, 12:16] = 1.0  # a "1": a 20x4 bar
-    prepared = data.digit_to_mnist(1 - digit)  # given dark on light
+    prepared = digit_to_mnist(1 - digit)  # given dark on light
     assert prepared.shape == (28, 28)
     assert torch.allclose(prepared, digit, atol=1e-4)
 
@@ -146,8 +147,8 @@ def test_the_box_blur_that_finds_the_ink_is_the_square_box_computed_in_two_passe
     square = torch.nn.functional.avg_pool2d(
         torch.nn.functional.pad(image[None, None], [4] * 4, mode="replicate"), 9, stride=1
     )[0, 0]
-    assert torch.allclose(data.box_blur(image, 9), square, atol=1e-5)
-    assert data.box_blur(image, 1) is image
+    assert torch.allclose(box_blur(image, 9), square, atol=1e-5)
+    assert box_blur(image, 1) is image
 
 
 def test_corruptions_are_deterministic_given_a_seed_and_keep_shape():
