@@ -18,6 +18,12 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"  # how every PNG file starts
 QUICK_RECIPE = ["--epochs", "2", "--subset", "2000", "--val-size", "1000", "--batch-size", "64"]
 
 
+def tiny_recipe(subset: int = 256, batch_size: int | None = 64, epochs: int = 1, val_size: int = 256) -> list[str]:
+    """train.py flags for a run of a few steps, for tests of what a run does rather than of what it learns."""
+    batch = ["--batch-size", str(batch_size)] if batch_size else []  # None: train.py's default batch for the device
+    return ["--epochs", str(epochs), "--subset", str(subset), "--val-size", str(val_size), *batch]
+
+
 def run_script(script: str, *args: str, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
     """Run one of the top-level scripts the way a user would, from the repo root."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}

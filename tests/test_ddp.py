@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import torch
-from helpers import ROOT, run_script
+from helpers import ROOT, run_script, tiny_recipe
 
 
 def test_torchrun_two_processes_agree_and_only_rank_0_writes(slow, mnist_dir, tmp_path):
@@ -22,14 +22,7 @@ def test_torchrun_two_processes_agree_and_only_rank_0_writes(slow, mnist_dir, tm
         "--nproc_per_node=2",
         str(ROOT / "tests" / "ddp_worker.py"),
         str(weights),
-        "--epochs",
-        "1",
-        "--subset",
-        "512",
-        "--val-size",
-        "256",
-        "--batch-size",
-        "64",
+        *tiny_recipe(subset=512),
         "--lr",
         "0.05",
         "--out-dir",

@@ -10,7 +10,7 @@ import time
 import pytest
 import torch
 import torch.nn as nn
-from helpers import assert_same_weights, metric_rows, run_script, start_script, wait_for_line
+from helpers import assert_same_weights, metric_rows, run_script, start_script, tiny_recipe, wait_for_line
 
 import lib.device
 from lib.checkpoints import load_checkpoint
@@ -148,8 +148,8 @@ def test_short_runs_warm_up_no_faster_than_a_fresh_network_takes_it():
 
 
 # fp16 on a CPU without fp16 hardware is emulated and slow: a handful of small steps.
-FP16_TINY = ["--precision", "fp16", "--device", "cpu", "--epochs", "1", "--subset", "64", "--val-size", "32",
-             "--batch-size", "16", "--deterministic"]
+FP16_TINY = ["--precision", "fp16", "--device", "cpu", *tiny_recipe(subset=64, batch_size=16, val_size=32),
+             "--deterministic"]
 
 
 def steps_seen(scaler: dict) -> int:

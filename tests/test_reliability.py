@@ -14,7 +14,7 @@ import time
 
 import pytest
 import torch
-from helpers import ROOT, assert_same_weights, metric_rows, run_script, start_script, wait_for_line
+from helpers import ROOT, assert_same_weights, metric_rows, run_script, start_script, tiny_recipe, wait_for_line
 
 import lib.checkpoints as checkpoints_module
 from lib.checkpoints import load_checkpoint, save_checkpoint
@@ -25,14 +25,7 @@ from model import ResNet18
 # Tiny and deterministic: 16 steps per epoch, a few seconds each on 2 CPU cores. Every random part is on (shuffle,
 # geometric and photometric augmentation), so the exact-resume tests cover each one's random numbers.
 TINY = [
-    "--epochs",
-    "2",
-    "--subset",
-    "512",
-    "--val-size",
-    "256",
-    "--batch-size",
-    "32",
+    *tiny_recipe(subset=512, batch_size=32, epochs=2),
     "--lr",
     "0.05",
     "--deterministic",

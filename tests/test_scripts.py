@@ -19,7 +19,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
-from helpers import PNG_MAGIC, ROOT, run_script
+from helpers import PNG_MAGIC, ROOT, run_script, tiny_recipe
 
 from lib.corruptions import CORRUPTIONS
 from lib.training import LR, WARMUP, short_run_warmup
@@ -39,12 +39,7 @@ def test_a_reader_that_stops_early_ends_the_script_quietly(slow, mnist_dir, tmp_
     """`python train.py | head -1`: once head has gone, no BrokenPipeError traceback, just exit code 1."""
     env = {**os.environ, "PYTHONUNBUFFERED": "" if buffered else "1"}
     args = [
-        "--epochs",
-        "1",
-        "--subset",
-        "64",
-        "--val-size",
-        "64",
+        *tiny_recipe(subset=64, batch_size=None, val_size=64),
         "--out-dir",
         str(tmp_path),
         "--data-dir",
@@ -68,12 +63,7 @@ def test_the_default_batch_on_a_cpu_is_128_and_is_saved_for_resume(slow, mnist_d
         "train.py",
         "--device",
         "cpu",
-        "--epochs",
-        "1",
-        "--subset",
-        "256",
-        "--val-size",
-        "256",
+        *tiny_recipe(batch_size=None),
         "--out-dir",
         str(tmp_path),
         "--data-dir",
@@ -118,14 +108,7 @@ def test_a_compiled_run_takes_the_steps_an_eager_one_takes_and_saves_plain_weigh
         "--device",
         "cpu",
         "--no-amp",
-        "--epochs",
-        "1",
-        "--subset",
-        "256",
-        "--val-size",
-        "256",
-        "--batch-size",
-        "128",
+        *tiny_recipe(batch_size=128),
         "--data-dir",
         str(mnist_dir),
     ]
@@ -167,14 +150,7 @@ def test_the_resume_command_repeats_the_runtime_flags_given(tmp_path):
 def test_progress_bars_show_on_a_terminal_and_stay_out_of_logs(slow, mnist_dir, tmp_path):
     """The epoch's steps and the validation pass get bars with ETA when stderr is a terminal; a log gets none."""
     args = [
-        "--epochs",
-        "1",
-        "--subset",
-        "256",
-        "--val-size",
-        "256",
-        "--batch-size",
-        "64",
+        *tiny_recipe(),
         "--device",
         "cpu",
         "--out-dir",
