@@ -64,7 +64,7 @@ from model import ResNet18, to_device, unwrap
 RUNTIME_FLAGS = {"device", "precision", "data_dir", "out_dir", "resume", "cuda_graphs", "compile"}
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def build_parser() -> ArgumentParser:
     parser = ArgumentParser(description="Train ResNet-18 on MNIST (32x32) with SGD.")
     recipe = parser.add_argument_group("recipe")
     recipe.add_argument("--epochs", type=positive_int, default=10, help="passes over the training images")
@@ -121,7 +121,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     run.add_argument("--sync-bn", action="store_true", help="under torchrun, batch-norm statistics over all ranks")
     run.add_argument("--eval-batch-size", type=positive_int, default=EVAL_BATCH_SIZE,
                      help="batch size of validation and test passes")
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
+
+
+def flags_given(argv: list[str] | None = None) -> set[str]:
+    """The settings named on the command line, whatever their values: a default typed out is still asked for."""
+    parser = build_parser()
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS  # then only what the command line sets appears in the namespace
+    return set(vars(parser.parse_args(argv)))
 
 
 # ---- Resuming: what the command line may change, and the commands printed for the user
@@ -151,19 +163,20 @@ def flag_words(name: str, value) -> list[str]:
     return [f"--{option}", str(value)]
 
 
-def adopt_saved_recipe(args: argparse.Namespace, saved: dict, last_pt: Path) -> None:
+def adopt_saved_recipe(args: argparse.Namespace, saved: dict, last_pt: Path, given: set[str]) -> None:
     """A resumed run keeps the recipe saved in last.pt: a one-cycle schedule cannot change course half way.
 
-    A recipe flag on the command line that says otherwise is refused rather than silently ignored.
+    A recipe flag `given` on the command line that says otherwise is refused rather than silently ignored, even where
+    its value is the default; one that agrees is fine. A setting newer than last.pt was trained at its default.
     """
     defaults = vars(parse_args([]))
     saved = {name: value for name, value in saved.items() if name in defaults}  # flags since removed (--no-amp's amp)
-    clashes = [name for name, value in vars(args).items()
-               if name not in RUNTIME_FLAGS and name in saved and value != defaults[name] and value != saved[name]]
+    saved = {**{name: value for name, value in defaults.items() if name not in RUNTIME_FLAGS}, **saved}
+    clashes = [name for name in vars(args) if name in given - RUNTIME_FLAGS and getattr(args, name) != saved[name]]
     if clashes:
-        given = shlex.join(sum((flag_words(name, getattr(args, name)) for name in clashes), []))
+        asked = shlex.join(sum((flag_words(name, getattr(args, name)) for name in clashes), []))
         kept = ", ".join(f"{name}={saved[name]}" for name in clashes)
-        raise UserError(f"{last_pt} resumes with the settings it was saved with, not {given} (saved: {kept}): leave "
+        raise UserError(f"{last_pt} resumes with the settings it was saved with, not {asked} (saved: {kept}): leave "
                         f"{'that' if len(clashes) == 1 else 'those'} out, or start a new run (another --out-dir, or "
                         "--overwrite)")
     runtime = {k: v for k, v in vars(args).items() if k in RUNTIME_FLAGS}
@@ -449,7 +462,7 @@ def main(argv: list[str] | None = None) -> torch.nn.Module | None:
     device = pick_device(args.device)
     keep_freed_memory()
     if resumed is not None:
-        adopt_saved_recipe(args, resumed["args"], Path(args.out_dir) / "last.pt")
+        adopt_saved_recipe(args, resumed["args"], Path(args.out_dir) / "last.pt", flags_given(argv))
     args.batch_size = args.batch_size or default_batch_size(device)
     rank, world_size, device = setup_distributed(device)
     check_how_to_run(args, device, world_size)

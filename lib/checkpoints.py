@@ -78,6 +78,11 @@ def _check_compatible(path: Path, checkpoint: Any) -> None:
     for key, want in expected.items():
         if checkpoint.get(key) != want:
             raise UserError(f"{path} has {key} {checkpoint.get(key)!r}, expected {want!r}")
+    # Inputs scaled otherwise than the weights were trained on would give confident, wrong predictions.
+    saved = checkpoint.get("normalization", {"mean": MEAN, "std": STD})
+    if saved != {"mean": MEAN, "std": STD}:
+        raise UserError(f"{path} was trained on inputs normalised with {saved}, and this code normalises with mean "
+                        f"{MEAN} and std {STD}: its predictions here would be wrong")
 
 
 def load_model(path: str | Path, device: torch.device) -> tuple[nn.Module, dict]:

@@ -12,6 +12,7 @@ import torch
 from helpers import run_script
 
 from lib.checkpoints import save_checkpoint
+from lib.common import UserError
 from model import ResNet18
 
 RAW_FILES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
@@ -268,3 +269,55 @@ def test_compile_on_a_cpu_without_its_compiler_is_refused_before_any_work(slow, 
         "and it was not found\n"
     )
     assert not (tmp_path / "out").exists()
+
+
+# A valid value other than the default, for every setting a resumed run takes from last.pt. A setting added to
+# train.py without a row here fails the completeness test below, so that --resume is checked for it too.
+OTHER_VALUES = {"epochs": 3, "batch_size": 64, "lr": 0.05, "momentum": 0.8, "weight_decay": 0.001, "warmup": 0.1,
+                "label_smoothing": 0.0, "augment": False, "photometric": True, "seed": 7, "val_size": 1000,
+                "subset": 500, "test_each_epoch": True, "channels_last": False, "deterministic": True,
+                "sync_bn": True, "eval_batch_size": 500}
+
+
+def test_every_setting_resume_takes_from_last_pt_is_checked():
+    import train
+
+    settings = set(vars(train.parse_args([]))) - train.RUNTIME_FLAGS - {"overwrite"}  # --overwrite excludes --resume
+    assert settings == set(OTHER_VALUES)
+
+
+def resume_with(argv: list[str], saved: dict):
+    """train.py's handling of `--resume` plus argv, for a last.pt saved with `saved` over the defaults."""
+    import train
+
+    args = train.parse_args(["--resume", *argv])
+    train.adopt_saved_recipe(args, {**vars(train.parse_args([])), **saved}, Path("run/last.pt"),
+                             train.flags_given(["--resume", *argv]))
+    return args
+
+
+@pytest.mark.parametrize("name", sorted(OTHER_VALUES))
+def test_a_recipe_flag_on_resume_is_refused_whatever_its_value_unless_it_agrees_with_last_pt(name):
+    import train
+
+    default, other = vars(train.parse_args([]))[name], OTHER_VALUES[name]
+    words = train.flag_words(name, other)
+    # Saved at the default, asked for another value: refused, naming the flag and the saved value.
+    refusal = rf"resumes with the settings it was saved with, not {re.escape(' '.join(words))} \(saved: {name}="
+    with pytest.raises(UserError, match=refusal + re.escape(str(default))):
+        resume_with(words, {})
+    # Saved with another value and asked for the same: the run goes on with it.
+    assert getattr(resume_with(words, {name: other}), name) == other
+    if default is not None and not isinstance(default, bool):  # a switch cannot be typed out at its default
+        # Saved with another value, asked for the default by typing it out: refused too, not silently ignored.
+        with pytest.raises(UserError, match=rf"not {re.escape(' '.join(train.flag_words(name, default)))} \(saved"):
+            resume_with(train.flag_words(name, default), {name: other})
+    # Not asked for: the saved value, whatever the default.
+    assert getattr(resume_with([], {name: other}), name) == other
+
+
+def test_flags_of_where_and_how_to_run_on_resume_are_honoured():
+    args = resume_with(["--device", "cpu", "--precision", "fp32", "--compile", "--no-cuda-graphs", "--data-dir", "d"],
+                       {"device": "cuda", "precision": "bf16", "compile": False, "cuda_graphs": True, "data_dir": None})
+    assert (args.device, args.precision, args.compile, args.cuda_graphs, args.data_dir) == ("cpu", "fp32", True, False,
+                                                                                            "d")

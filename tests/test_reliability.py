@@ -272,6 +272,8 @@ def test_a_checkpoint_that_would_run_code_is_refused_and_the_code_never_runs(tmp
         ("num_classes", 100, "num_classes 100, expected 10"),
         ("input_size", 28, "input_size 28, expected 32"),
         ("format_version", 99, "format_version 99, expected 1"),
+        ("normalization", {"mean": 0.5, "std": 0.5}, r"normalised with \{'mean': 0.5, 'std': 0.5\}, and this code "
+                                                      r"normalises with mean 0.1307 and std 0.3081"),
     ],
 )
 def test_an_incompatible_checkpoint_says_what_it_is_and_what_was_expected(tmp_path, field, value, expected):
