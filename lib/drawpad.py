@@ -24,6 +24,7 @@ from lib.plots import pyplot
 PAD_PIXELS = 280  # the pad's side: ten times MNIST's, so a stroke looks smooth
 PEN_RADIUS = PAD_PIXELS * 0.035  # a marker's width in proportion to the pad: MNIST's strokes to a digit's height
 PREDICT_EVERY = 0.25  # seconds between predictions, and redraws of the answer, while the pen moves
+SMALLEST_DIGIT = PAD_PIXELS / 8  # pixels, the longer side of the ink: below it a dot, not a digit, however scaled up
 PAD_BOX = (0.02, 0.12, 0.8 * 6 / 11, 0.8)  # the pad's axes in figure fractions: a square in the 11 x 6 inch window
 HINT = "draw with the left button    c or right click: clear    u: undo    s: save    q or Esc: quit"
 
@@ -61,6 +62,11 @@ class Drawing:
 
     def blank(self) -> bool:
         return not bool(self.ink.any())
+
+    def too_small(self) -> bool:
+        """Ink too small to be a digit (a click, a speck): digit_to_mnist would blow it up to a blob."""
+        rows, cols = self.ink.any(1).nonzero(), self.ink.any(0).nonzero()
+        return not len(rows) or max(rows.max() - rows.min(), cols.max() - cols.min()) + 1 < SMALLEST_DIGIT
 
     def image(self) -> torch.Tensor:
         """The pad as a grayscale image [side, side] in [0, 1]: white paper, black ink."""
@@ -151,7 +157,7 @@ class DrawPad:
             self._blit_pad()
 
     def _move(self, event) -> None:
-        if self.pen_down and (point := self._point(event)) is not None:
+        if self.pen_down and self.drawing.strokes and (point := self._point(event)) is not None:
             self.drawing.extend(*point)
             if time.perf_counter() - self.predicted_at > PREDICT_EVERY:
                 self._refresh(predict=True)
@@ -173,6 +179,7 @@ class DrawPad:
         if event.key == "c":
             self._clear()
         elif event.key == "u" and self.drawing.strokes:
+            self.pen_down = False  # a stroke being drawn is the one undone: the pen lifts with it
             self.drawing.undo()
             self._refresh(predict=True, report=True)
         elif event.key == "s":
@@ -181,6 +188,7 @@ class DrawPad:
             self.plt.close(self.fig)
 
     def _clear(self) -> None:
+        self.pen_down = False
         self.drawing.clear()
         self._refresh(predict=True)
 
@@ -195,17 +203,17 @@ class DrawPad:
 
     def _predict(self) -> None:
         self.predicted_at = time.perf_counter()
-        if self.drawing.blank():
-            self.answer = None
+        try:
+            seen = None if self.drawing.blank() or self.drawing.too_small() else model_view(self.drawing)
+        except UserError:  # no digit digit_to_mnist can find
+            seen = None
+        if seen is None:
+            self.answer = None  # nothing to answer, or to save, until there is a digit
             self.seen_image.set_data(torch.zeros(32, 32).numpy())
             for bar in self.bars:
                 bar.set_height(0)
-            self.verdict.set_text("")
-            self.confidence.set_text("")
-            return
-        try:
-            seen = model_view(self.drawing)
-        except UserError:  # a dot too small to find as a digit: no answer yet
+            self.verdict.set_text("" if self.drawing.blank() else "?")
+            self.confidence.set_text("" if self.drawing.blank() else "too small to read")
             return
         probabilities = self.classify(seen[None])[0]
         self.answer = {**prediction_records(probabilities[None], self.members)[0], "strokes": len(self.drawing.strokes)}
@@ -218,7 +226,8 @@ class DrawPad:
 
     def _save(self) -> None:
         """The drawing as a PNG named after its predicted digit, which predict.py --images reads back."""
-        if self.drawing.blank():
+        if self.answer is None:  # nothing drawn, or nothing readable yet
+            print("note: nothing to save yet: draw a digit first", file=sys.stderr, flush=True)
             return
         from PIL import Image
 

@@ -227,3 +227,85 @@ def test_digits_drawn_with_the_pen_read_as_well_as_the_originals(trained, mnist_
     print(f"\n{len(labels)} MNIST test digits: {100 * on_originals:.1f}% as they are, {100 * on_drawings:.1f}% drawn "
           "along their skeletons with the pad's pen")
     assert on_drawings >= on_originals - 0.02
+
+
+# ---- Every key and click in every state: the window's handlers driven by matplotlib events, on the Agg backend
+
+STATES = ["fresh", "dot", "digit", "undone", "mid-stroke", "mid-stroke-outside"]
+EVENTS = ["left-press", "left-press-outside", "right-press", "middle-press", "move", "move-outside", "release",
+          "c", "u", "s", "s-again", "q", "escape", "other-key", "close"]
+
+
+def agg_pad(tmp_path, monkeypatch):
+    from matplotlib import pyplot as plt
+
+    from lib import drawpad
+
+    plt.switch_backend("agg")
+    monkeypatch.setattr(drawpad, "pyplot", lambda interactive=False: plt)
+    return drawpad.DrawPad(lambda images: torch.full((len(images), 10), 0.1), tmp_path / "saved", as_json=True)
+
+
+def send(pad, what: str, x: float = 140, y: float = 140) -> None:
+    """One user action, as the toolkit would deliver it; (x, y) in pad pixels."""
+    from matplotlib.backend_bases import KeyEvent, MouseEvent
+
+    canvas = pad.fig.canvas
+    inside = pad.ax_pad.transData.transform((x, y))
+    outside = pad.fig.transFigure.transform((0.99, 0.99))
+    mouse = {"left-press": ("button_press_event", inside, 1), "left-press-outside": ("button_press_event", outside, 1),
+             "right-press": ("button_press_event", inside, 3), "middle-press": ("button_press_event", inside, 2),
+             "move": ("motion_notify_event", inside, None), "move-outside": ("motion_notify_event", outside, None),
+             "release": ("button_release_event", inside, 1)}
+    if what in mouse:
+        name, (px, py), button = mouse[what]
+        MouseEvent(name, canvas, px, py, button)._process()
+    elif what == "close":
+        pad.plt.close(pad.fig)
+    else:
+        key = {"s-again": "s", "other-key": "x"}.get(what, what)
+        KeyEvent("key_press_event", canvas, key)._process()
+
+
+def bring_to(pad, state: str) -> None:
+    if state in ("dot", "digit", "undone", "mid-stroke", "mid-stroke-outside"):
+        send(pad, "left-press", 140, 60)
+        if state != "dot":
+            for y in range(60, 241, 60):
+                send(pad, "move", 140, y)
+        if not state.startswith("mid-stroke"):
+            send(pad, "release", 140, 240 if state != "dot" else 60)
+        if state == "undone":
+            send(pad, "u")
+        if state == "mid-stroke-outside":
+            send(pad, "move-outside")
+
+
+@pytest.mark.parametrize("state", STATES)
+def test_every_key_and_click_in_every_state_of_the_pad_leaves_it_working(state, tmp_path, monkeypatch, capsys):
+    for event in EVENTS:
+        pad = agg_pad(tmp_path, monkeypatch)
+        bring_to(pad, state)
+        send(pad, event)
+        if event not in ("q", "escape", "close"):  # the pen moves on and lifts, and the drawing is saved (or a note)
+            for after in ("move", "release", "s"):
+                send(pad, after, 150, 200)
+        # With the pen up, the answer is the drawing's: none for a blank pad or a dot, else the digit read.
+        readable = not (pad.drawing.blank() or pad.drawing.too_small())
+        assert pad.pen_down or (pad.answer is not None) == readable, (state, event)
+        pad.plt.close("all")
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err and "Error" not in captured.err, captured.err
+
+
+def test_a_dot_too_small_to_read_gets_no_answer_and_is_not_saved(tmp_path, monkeypatch, capsys):
+    pad = agg_pad(tmp_path, monkeypatch)
+    bring_to(pad, "dot")
+    assert pad.answer is None and pad.verdict.get_text() == "?" and pad.confidence.get_text() == "too small to read"
+    send(pad, "s")
+    assert not (tmp_path / "saved").exists()
+    assert capsys.readouterr().err == "note: nothing to save yet: draw a digit first\n"
+    bring_to(pad, "digit")  # the dot and a stroke: a digit, saved twice as two files
+    send(pad, "s")
+    send(pad, "s")
+    assert pad.answer is not None and len(list((tmp_path / "saved").glob("*.png"))) == 2
