@@ -7,6 +7,7 @@ so a run can be resumed mid-epoch exactly and every DDP rank can take its share 
 from __future__ import annotations
 
 import contextlib
+import gzip
 import math
 import os
 from pathlib import Path
@@ -19,10 +20,11 @@ from lib.common import INPUT_SIZE, MEAN, NUM_CLASSES, STD, UserError  # noqa: F4
 
 SPLIT_SEED = 0  # fixed, so runs with different --seed are validated on the same held-out images
 
-IDX_FILES = {  # split: (images file, labels file), as torchvision.datasets.MNIST expects them in <root>/MNIST/raw
+IDX_FILES = {  # split: (images file, labels file), in <root>/MNIST/raw as torchvision.datasets.MNIST keeps them
     True: ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     False: ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
+SPLIT_SIZES = {True: 60000, False: 10000}  # MNIST's training and test images
 IDX_MAGIC = {"images": 2051, "labels": 2049}  # 0x0803: unsigned bytes, 3 dims; 0x0801: unsigned bytes, 1 dim
 
 
@@ -31,31 +33,37 @@ def resolve_data_dir(data_dir: str | None) -> Path:
     return Path(data_dir or os.environ.get("MNIST_DATA_DIR") or "data")
 
 
-def _check_idx_file(path: Path, kind: str) -> None:
-    """Name the broken file, instead of the opaque error torchvision gives for a truncated or foreign file."""
+def read_idx(path: Path, kind: str) -> torch.Tensor:
+    """An MNIST IDX file, raw or gzip-compressed as MNIST is published, as a uint8 tensor; a file that is unreadable,
+    truncated or of another kind is named in one line, instead of the opaque error a reader gives."""
+    try:
+        with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
+            content = f.read()
+    except PermissionError:
+        raise UserError(f"{path} cannot be read: no permission (ask its owner for read access)") from None
+    except (OSError, EOFError) as error:  # a folder in its place, a broken .gz
+        raise UserError(f"{path} cannot be read ({error})") from None
     ndim = 3 if kind == "images" else 1
-    with open(path, "rb") as f:
-        header = f.read(4 + 4 * ndim)
-    if len(header) < 4 + 4 * ndim:
-        raise UserError(f"{path} is truncated: only {path.stat().st_size} bytes")
-    magic = int.from_bytes(header[:4], "big")
+    header = 4 + 4 * ndim
+    if len(content) < header:
+        raise UserError(f"{path} is truncated: only {len(content)} bytes")
+    magic = int.from_bytes(content[:4], "big")
     if magic != IDX_MAGIC[kind]:
         raise UserError(f"{path} is not an MNIST {kind} IDX file (magic number {magic}, expected {IDX_MAGIC[kind]})")
-    dims = [int.from_bytes(header[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
-    expected = len(header) + math.prod(dims)
-    if path.stat().st_size != expected:
-        raise UserError(f"{path} is truncated or padded: {path.stat().st_size} bytes, expected {expected} for shape "
-                        f"{dims}")
+    dims = [int.from_bytes(content[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    if len(content) != header + math.prod(dims):
+        raise UserError(f"{path} is truncated or padded: {len(content)} bytes, expected {header + math.prod(dims)} for "
+                        f"shape {dims}")
+    return torch.frombuffer(bytearray(content[header:]), dtype=torch.uint8).view(dims)
 
 
-def _ensure_raw_files(root: Path, train: bool) -> None:
-    """Check the IDX files of a split; download all of MNIST only when none of its files is there."""
+def _idx_paths(root: Path, train: bool, with_labels: bool) -> list[Path]:
+    """The IDX files a split needs, each raw or else .gz; MNIST is downloaded only where no file of it is there."""
     import torchvision
 
     raw = root / "MNIST" / "raw"
-    paths = [raw / name for name in IDX_FILES[train]]
-    present = [p for p in paths if p.exists()]
-    if not present and not any((raw / name).exists() for names in IDX_FILES.values() for name in names):
+    names = IDX_FILES[train][: 2 if with_labels else 1]
+    if not any((raw / name).exists() or (raw / f"{name}.gz").exists() for both in IDX_FILES.values() for name in both):
         created = [folder for folder in (raw, *raw.parents) if not folder.exists()]  # innermost first
         try:
             torchvision.datasets.MNIST(root, train=train, download=True)
@@ -68,23 +76,31 @@ def _ensure_raw_files(root: Path, train: bool) -> None:
                 f"Copy the four raw IDX files (train-images-idx3-ubyte, ...) into {raw}, "
                 "or point --data-dir or MNIST_DATA_DIR at the folder that contains MNIST/raw"
             ) from None
-    for path, kind in zip(paths, ("images", "labels")):
-        if not path.exists():
-            raise UserError(f"{path} is missing: copy it beside the other MNIST files, or remove them all to download "
-                            "afresh")
-        _check_idx_file(path, kind)
+    paths = []
+    for name in names:
+        found = [path for path in (raw / name, raw / f"{name}.gz") if path.exists()]
+        if not found:
+            raise UserError(f"{raw / name} is missing: copy it (or {name}.gz) beside the other MNIST files, or "
+                            "remove them all to download afresh")
+        paths.append(found[0])
+    return paths
 
 
-def load_split(data_dir: str | Path | None, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Raw MNIST as (uint8 images [N, 28, 28], int64 labels [N])."""
-    import torchvision
-
-    root = resolve_data_dir(data_dir)
-    _ensure_raw_files(root, train)
-    dataset = torchvision.datasets.MNIST(root, train=train, download=False)
-    if len(dataset.data) != len(dataset.targets):
-        raise UserError(f"{root / 'MNIST' / 'raw'}: {len(dataset.data)} images but {len(dataset.targets)} labels")
-    return dataset.data, dataset.targets.long()
+def load_split(data_dir: str | Path | None, train: bool,
+               with_labels: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Raw MNIST as (uint8 images [N, 28, 28], int64 labels [N]); only the images file is read without labels."""
+    paths = _idx_paths(resolve_data_dir(data_dir), train, with_labels)
+    images = read_idx(paths[0], "images")
+    split, other = ("training", "test") if train else ("test", "training")
+    if len(images) == SPLIT_SIZES[not train] != SPLIT_SIZES[train]:
+        raise UserError(f"{paths[0]} holds {len(images):,} images, as the {other} split's file does: the {split} "
+                        f"split's is {IDX_FILES[train][0]}, with {SPLIT_SIZES[train]:,}")
+    if not with_labels:
+        return images, None
+    labels = read_idx(paths[1], "labels").long()
+    if len(images) != len(labels):
+        raise UserError(f"{paths[0].parent}: {len(images)} images but {len(labels)} labels")
+    return images, labels
 
 
 def to_model_size(images: torch.Tensor) -> torch.Tensor:

@@ -66,7 +66,7 @@ def int8_model(model: nn.Module, data_dir: str | None, batch_size: int, device: 
         raise UserError(f"--int8 runs on the CPU only (PyTorch's quantized kernels are CPU kernels), not {device}: "
                         "add --device cpu")
     started = time.perf_counter()
-    train_images, _ = data.load_split(data_dir, train=True)
+    train_images, _ = data.load_split(data_dir, train=True, with_labels=False)  # the labels file is not needed
     calibration = data.normalize(data.to_model_size(train_images[:CALIBRATION_IMAGES]))
     batches = calibration.split(batch_size)
     if isinstance(model, Ensemble):

@@ -132,3 +132,100 @@ def test_photometric_augmentation_varies_ink_on_about_half_the_images_each_way_a
     assert (
         len(list(data.batches(images, labels, 512, photometric=True, seed=2**32 - 1, epoch=99))) == 4
     )  # --seed's largest
+
+
+# ---- Data folders as people copy them: any subset of the four files, raw or .gz, the wrong split, no permission
+
+FILES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
+NEEDS = {  # what reads which files: test.py and predict.py, train.py, test.py --int8's calibration
+    "test split": (dict(train=False), FILES[2:]),
+    "training split": (dict(train=True), FILES[:2]),
+    "training images alone": (dict(train=True, with_labels=False), FILES[:1]),
+}
+
+
+def data_folder(root, mnist_dir, files: dict[str, str]):
+    """root/MNIST/raw holding {name: the real file it links to}."""
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name, real in files.items():
+        (raw / name).symlink_to(mnist_dir / "MNIST" / "raw" / real)
+    return root
+
+
+@pytest.mark.parametrize("present", range(1, 16), ids=lambda mask: "+".join(f"{n.split('-')[0]}-{n.split('-')[1]}"
+                                                                               for i, n in enumerate(FILES)
+                                                                               if mask >> i & 1))
+@pytest.mark.parametrize("need", list(NEEDS))
+def test_each_reader_needs_only_its_files_and_names_the_first_one_missing(tmp_path, mnist_dir, monkeypatch, present,
+                                                                           need):
+    import torchvision
+
+    monkeypatch.setattr(torchvision.datasets, "MNIST", lambda *a, **k: pytest.fail("downloaded with files present"))
+    root = data_folder(tmp_path, mnist_dir, {name: name for i, name in enumerate(FILES) if present >> i & 1})
+    arguments, needed = NEEDS[need]
+    missing = [name for name in needed if not present >> FILES.index(name) & 1]
+    if missing:
+        with pytest.raises(UserError, match=f"^{root / 'MNIST' / 'raw' / missing[0]} is missing: copy it "
+                                            rf"\(or {missing[0]}.gz\) beside the other MNIST files"):
+            data.load_split(root, **arguments)
+    else:
+        images, labels = data.load_split(root, **arguments)
+        assert len(images) == (60000 if arguments["train"] else 10000)
+        assert (labels is None) == (len(needed) == 1)
+
+
+@pytest.fixture(scope="module")
+def gzipped(tmp_path_factory, mnist_dir):
+    """The test split's two files gzip-compressed, as MNIST's site publishes them."""
+    import gzip
+
+    folder = tmp_path_factory.mktemp("gz")
+    for name in FILES[2:]:
+        (folder / f"{name}.gz").write_bytes(gzip.compress((mnist_dir / "MNIST" / "raw" / name).read_bytes(), 1))
+    return folder
+
+
+@pytest.mark.parametrize("beside_raw", [False, True], ids=["gz-instead-of-raw", "gz-beside-raw"])
+def test_gzipped_files_are_read_as_they_are_published(tmp_path, mnist_dir, gzipped, beside_raw):
+    root = data_folder(tmp_path, mnist_dir, {name: name for name in FILES[2:]} if beside_raw else {})
+    for name in FILES[2:]:
+        (root / "MNIST" / "raw" / f"{name}.gz").symlink_to(gzipped / f"{name}.gz")
+    images, labels = data.load_split(root, train=False)
+    expected_images, expected_labels = data.load_split(mnist_dir, train=False)
+    assert torch.equal(images, expected_images) and torch.equal(labels, expected_labels)
+
+
+def test_a_broken_gz_file_is_named(tmp_path, mnist_dir, gzipped):
+    root = data_folder(tmp_path, mnist_dir, {FILES[3]: FILES[3]})
+    broken = root / "MNIST" / "raw" / f"{FILES[2]}.gz"
+    broken.write_bytes((gzipped / f"{FILES[2]}.gz").read_bytes()[:5000])
+    with pytest.raises(UserError, match=f"^{broken} cannot be read \\(Compressed file ended"):
+        data.load_split(root, train=False)
+
+
+@pytest.mark.parametrize("train", [True, False], ids=["test-files-as-training", "training-files-as-test"])
+def test_files_of_the_other_split_are_refused_naming_the_right_one(tmp_path, mnist_dir, train):
+    swapped = dict(zip(FILES, FILES[2:] + FILES[:2]))  # each name holding the other split's file
+    root = data_folder(tmp_path, mnist_dir, swapped)
+    expected = ("holds 10,000 images, as the test split's file does: the training split's is "
+                "train-images-idx3-ubyte, with 60,000") if train else (
+                "holds 60,000 images, as the training split's file does: the test split's is t10k-images-idx3-ubyte, "
+                "with 10,000")
+    with pytest.raises(UserError, match=f"^{root / 'MNIST' / 'raw' / FILES[0 if train else 2]} {expected}$"):
+        data.load_split(root, train=train)
+
+
+def test_a_file_without_read_permission_is_named(tmp_path, mnist_dir, monkeypatch):
+    # CI runs as root, whom no file mode stops, so the refusal the system gives anyone else is made here.
+    root = data_folder(tmp_path, mnist_dir, {name: name for name in FILES})
+    locked = root / "MNIST" / "raw" / FILES[2]
+
+    def refuse(path, *args, **kwargs):
+        if path == locked:
+            raise PermissionError(13, "Permission denied", str(path))
+        return open(path, *args, **kwargs)
+
+    monkeypatch.setattr(data, "open", refuse, raising=False)
+    with pytest.raises(UserError, match=f"^{locked} cannot be read: no permission"):
+        data.load_split(root, train=False)
