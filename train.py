@@ -316,12 +316,13 @@ def announce(run: Run, resumed_at: tuple[int, int] | None) -> None:
 class EpochSums:
     """Per-step loss, correct and count of one epoch, kept on the device so that the GPU never waits for Python.
 
-    A mid-epoch last.pt saves them, so that a resumed epoch reports the whole epoch's figures.
+    A mid-epoch last.pt saves them summed over ranks, so that a resumed epoch reports the whole epoch's figures; on
+    resuming, rank 0 alone takes them back, so that totals() counts each rank's steps before the stop once.
     """
 
-    def __init__(self, steps: int, device: torch.device, partial: dict | None = None):
+    def __init__(self, steps: int, device: torch.device, partial: dict | None = None, rank: int = 0):
         self.loss, self.correct, self.count = (torch.zeros(steps, device=device) for _ in range(3))
-        if partial is not None:
+        if partial is not None and rank == 0:
             for name in ("loss", "correct", "count"):
                 getattr(self, name).copy_(partial[name])
 
@@ -338,7 +339,9 @@ class EpochSums:
         return (self.loss[:steps].sum() / self.count[:steps].sum()).item()
 
     def partial(self, seconds: float) -> dict:
-        return {"loss": self.loss.cpu(), "correct": self.correct.cpu(), "count": self.count.cpu(), "seconds": seconds}
+        """The sums so far, over all ranks (every rank calls this), for a mid-epoch last.pt."""
+        loss, correct, count = all_reduce_sum(self.loss, self.correct, self.count)
+        return {"loss": loss.cpu(), "correct": correct.cpu(), "count": count.cpu(), "seconds": seconds}
 
     def totals(self) -> tuple[float, float]:
         """(loss, accuracy) of the epoch so far, over all ranks."""
@@ -442,6 +445,8 @@ def stop(run: Run, epoch: int, steps_done: int | None = None, partial: dict | No
 
     Mid-epoch (`partial` given) last.pt is saved here; after an epoch it was saved with the epoch.
     """
+    if partial is not None:
+        average_batchnorm_statistics(run.model, run.world_size)  # every rank: last.pt holds what all ranks saw
     if run.is_main:
         if partial is not None:
             run.folder.save_mid_epoch(epoch, steps_done, partial)
@@ -480,7 +485,7 @@ def main(argv: list[str] | None = None) -> torch.nn.Module | None:
     for epoch in range(start_epoch, args.epochs):
         # A resumed epoch's time counts its part before the interruption too.
         started = time.perf_counter() - (partial or {}).get("seconds", 0.0)
-        sums = EpochSums(len(run.batch_bounds), device, partial)
+        sums = EpochSums(len(run.batch_bounds), device, partial, rank)
         steps_done = train_one_epoch(run, epoch, start_step if epoch == start_epoch else 0, sums)
         if steps_done is not None:
             stop(run, epoch, steps_done, sums.partial(time.perf_counter() - started))

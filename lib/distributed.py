@@ -36,7 +36,13 @@ def any_rank(flags: torch.Tensor) -> torch.Tensor:
 
 
 def average_batchnorm_statistics(model: torch.nn.Module, world_size: int) -> None:
-    """Each rank's running BN statistics saw only its shard; average them so every rank holds the same model."""
+    """Average the ranks' running batch-norm statistics, so that every rank holds the same model, fit to all shards.
+
+    Each rank's saw only its own shard (DDP does not broadcast buffers here: wrap_for_ddp). The running means and
+    variances are moving averages, linear in their inputs, so averaging them at a mid-epoch save and again at the
+    epoch's end gives what averaging at the end alone gives: a resumed epoch ends with the statistics of one that ran
+    straight through.
+    """
     if world_size == 1:
         return
     for _, buffer in model.named_buffers():
@@ -46,11 +52,15 @@ def average_batchnorm_statistics(model: torch.nn.Module, world_size: int) -> Non
 
 
 def wrap_for_ddp(model: torch.nn.Module, device: torch.device, sync_bn: bool) -> torch.nn.Module:
-    """`model` under DistributedDataParallel, its batch norms synchronised across ranks if asked."""
+    """`model` under DistributedDataParallel, its batch norms synchronised across ranks if asked.
+
+    Buffers are not broadcast from rank 0 before each forward (DDP's default): that would throw away every other
+    rank's batch-norm statistics each step; average_batchnorm_statistics combines them instead, where they are used.
+    """
     if sync_bn:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     device_ids = [device.index] if device.type == "cuda" else None
-    return torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids, broadcast_buffers=False)
 
 
 def leave() -> None:

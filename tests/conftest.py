@@ -19,7 +19,7 @@ sys.path.insert(0, str(ROOT))
 
 # The fixtures that train a model or start a process. A test that uses one, directly or through another fixture, is
 # marked slow; a test that starts a process itself asks for `slow`.
-SLOW_FIXTURES = {"slow", "trained", "second_seed", "straight_run", "interrupted_seed"}
+SLOW_FIXTURES = {"slow", "trained", "second_seed", "straight_run", "interrupted_seed", "straight_ddp"}
 
 
 def pytest_collection_modifyitems(items):

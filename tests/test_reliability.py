@@ -20,6 +20,7 @@ import lib.checkpoints as checkpoints_module
 from lib.checkpoints import load_checkpoint, save_checkpoint
 from lib.common import UserError
 from lib.files import all_or_none, claim_folder, write_json
+from lib.reports import REPORTS
 from model import ResNet18
 
 # Tiny and deterministic: 16 steps per epoch, a few seconds each on 2 CPU cores. Every random part is on (shuffle,
@@ -97,14 +98,7 @@ def copy_an_earlier_run_with_its_reports(run_dir, out_dir):
     for name in ("best.pt", "last.pt", "metrics.csv", "curves.png"):
         (out_dir / name).write_bytes((run_dir / name).read_bytes())
     # What test.py, test.py --robustness, predict.py and predict.py --errors wrote of its weights:
-    for name in (
-        "test_report.json",
-        "confusion_matrix.png",
-        "robustness.json",
-        "robustness.png",
-        "predictions.png",
-        "errors.png",
-    ):
+    for name in REPORTS:
         (out_dir / name).write_text("of the earlier weights")
 
 
