@@ -37,6 +37,7 @@ from lib.reports import TEST_REPORT
 OWN_FLAGS = ("--seed", "--out-dir", "--test-each-epoch")  # set per seed by this script
 # In each seed's folder: its train.py flags, whether training finished, and how long it took.
 RUN_RECORD = "seeds_run.json"
+ENSEMBLES = "ensembles.json"  # in OUT_DIR: the ensembles' test accuracies, and the best.pt files they are of
 
 
 def parse_args(argv: list[str] | None = None):
@@ -157,6 +158,8 @@ def ensemble_accuracies(runs: dict[int, Path], args) -> list[float]:
     """Test accuracy of the ensemble of the first 1, 2, ... seeds' best.pt, in --seeds order.
 
     Each member's logits are computed once, as test.py computes them, and combined as lib.inference.Ensemble does.
+    The accuracies are kept in OUT_DIR/ENSEMBLES with what they were computed from, so that the same command again
+    (all seeds done) evaluates nothing.
     """
     import data
     from lib.device import choose_precision, pick_device
@@ -164,13 +167,20 @@ def ensemble_accuracies(runs: dict[int, Path], args) -> list[float]:
 
     device = pick_device(args.device)
     precision = choose_precision(device).name  # test.py's default
-    images, labels = data.load_test(args.data_dir, device)
     weights = [str(run_dir / "best.pt") for run_dir in runs.values()]
+    source = {"weights": {path: Path(path).stat().st_mtime_ns for path in weights}, "device": str(device),
+              "precision": precision}
+    kept = Path(args.out_dir) / ENSEMBLES
+    if kept.exists() and (earlier := json.loads(kept.read_text()))["source"] == source:
+        return earlier["accuracies"]
+    images, labels = data.load_test(args.data_dir, device)
     ensemble, _ = load_models(weights, device)
     members = ensemble.members if isinstance(ensemble, Ensemble) else [ensemble]
     logits = [result["logits"] for result in evaluate_members(members, images, labels, weights, precision=precision)]
-    return [(Ensemble.combine(logits[:size]).argmax(1) == labels).float().mean().item()
-            for size in range(1, len(logits) + 1)]
+    accuracies = [(Ensemble.combine(logits[:size]).argmax(1) == labels).float().mean().item()
+                  for size in range(1, len(logits) + 1)]
+    write_json(kept, {"source": source, "accuracies": accuracies})
+    return accuracies
 
 
 def ensemble_table(runs: dict[int, Path], accuracies: list[float]) -> str:

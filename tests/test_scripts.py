@@ -249,44 +249,33 @@ def independent_test_accuracy(weights, mnist_dir) -> int:
     return correct
 
 
-def test_test_py_accuracy_equals_an_independent_computation(trained, mnist_dir, tmp_path):
-    result = run_script(
-        "test.py",
-        "--weights",
-        str(trained / "best.pt"),
-        "--out-dir",
-        str(tmp_path),
-        "--data-dir",
-        str(mnist_dir),
-        "--device",
-        "cpu",
-        "--no-amp",
-    )
-    assert result.returncode == 0, result.stderr
-    match = re.search(r"test accuracy: ([\d.]+)% \((\d+)/10000", result.stdout)
-    assert match, result.stdout
-    assert int(match.group(2)) == independent_test_accuracy(trained / "best.pt", mnist_dir)
-    report = json.loads((tmp_path / "test_report.json").read_text())
-    assert round(100 * report["accuracy"], 2) == float(match.group(1))
-    assert sum(map(sum, report["confusion_matrix"])) == 10000
-    assert sum(report["confusion_matrix"][i][i] for i in range(10)) == int(match.group(2))
-    assert [c["support"] for c in report["per_class"]] == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
-    assert (tmp_path / "confusion_matrix.png").read_bytes()[:8] == PNG_MAGIC
-
-
 @pytest.fixture(scope="module")
 def tested_beside(trained, mnist_dir, tmp_path_factory):
-    """test.py run as a user runs it, with no --out-dir, on a copy of the quick model's best.pt, robustness included.
+    """test.py run as a user runs it, with no --out-dir, on a copy of the quick model's best.pt, robustness included;
+    in fp32, as train.py's test passes of the quick model were.
 
-    One run serves two tests: each pass over the 10,000 test images costs a CPU tens of seconds.
+    One run serves three tests: each pass over the 10,000 test images costs a CPU a minute.
     """
     folder = tmp_path_factory.mktemp("tested")
     weights = folder / "best.pt"
     weights.write_bytes((trained / "best.pt").read_bytes())
     result = run_script("test.py", "--weights", str(weights), "--robustness", "--robustness-images", "100",
-                        "--data-dir", str(mnist_dir), "--device", "cpu")
+                        "--data-dir", str(mnist_dir), "--device", "cpu", "--no-amp")
     assert result.returncode == 0, result.stderr
     return weights, result
+
+
+def test_test_py_accuracy_equals_an_independent_computation(tested_beside, mnist_dir):
+    weights, result = tested_beside
+    match = re.search(r"test accuracy: ([\d.]+)% \((\d+)/10000", result.stdout)
+    assert match, result.stdout
+    assert "(fp32)" in result.stdout  # --no-amp
+    assert int(match.group(2)) == independent_test_accuracy(weights, mnist_dir)
+    report = json.loads((weights.parent / "test_report.json").read_text())
+    assert round(100 * report["accuracy"], 2) == float(match.group(1))
+    assert sum(map(sum, report["confusion_matrix"])) == 10000
+    assert sum(report["confusion_matrix"][i][i] for i in range(10)) == int(match.group(2))
+    assert [c["support"] for c in report["per_class"]] == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
 
 
 def test_per_epoch_test_accuracy_is_what_test_py_reports_for_that_epoch(trained, tested_beside):

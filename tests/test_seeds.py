@@ -150,11 +150,12 @@ def test_one_seed_end_to_end(interrupted_seed):
     assert (out / "seeds.png").read_bytes().startswith(b"\x89PNG") and f"and {out / 'seeds.png'}" in result.stdout
 
     # The same command again finds the seed done: nothing is trained or tested again, the summary is the same.
-    trained_at = (run / "best.pt").stat().st_mtime
+    trained_at, evaluated_at = (run / "best.pt").stat().st_mtime, (out / "ensembles.json").stat().st_mtime_ns
     again = run_script("benchmarks/seeds.py", *command)
     assert again.returncode == 0, again.stderr
     assert f"=== seed 5: trained and tested earlier, in {run}" in again.stdout
     assert (run / "best.pt").stat().st_mtime == trained_at and (out / "summary.md").read_text() == summary
+    assert (out / "ensembles.json").stat().st_mtime_ns == evaluated_at  # the ensembles' accuracies were kept
 
     # Other train.py flags into the same folder would mix two recipes: refused, and nothing is touched.
     other = [flag if flag != "1024" else "2048" for flag in command]
