@@ -111,7 +111,8 @@ def digit_to_mnist(gray: torch.Tensor) -> torch.Tensor:
     x = 1 - gray if border.median() > 0.5 else gray.clone()  # make it light ink on a dark background
     # Find the ink on a copy blurred in proportion to size, so paper texture and sensor noise do not survive the
     # threshold; the digit itself stays sharp (the downscale to 20x20 below averages the noise away anyway).
-    blurred = box_blur(x, max(1, round(max(x.shape) / 100)) * 2 - 1)
+    # (No wider than the narrow side: a strip a few pixels high would otherwise pad to gigabytes.)
+    blurred = box_blur(x, min(max(1, round(max(x.shape) / 100)) * 2 - 1, min(x.shape) // 2 * 2 + 1))
     threshold = _otsu_threshold(blurred)
     mask = blurred > threshold
     # Samples are enough for percentiles (and torch.quantile caps its input size).

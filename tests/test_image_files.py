@@ -192,3 +192,15 @@ def test_each_bad_file_gets_its_own_line_and_every_other_file_is_classified(slow
     classified = [line.split(":")[0] for line in result.stdout.splitlines() if " top-3: " in line]
     assert classified == [str(path) for path in good]
     assert (tmp_path / "seen.png").is_file()
+
+
+@pytest.mark.parametrize("shape", [(1, 1_000_000), (1_000_000, 1), (3, 300_000), (2, 2), (1, 1)])
+def test_an_absurd_shape_is_read_or_refused_in_one_line_without_running_out_of_memory(shape):
+    from lib.images import digit_to_mnist
+
+    strip = torch.ones(shape)
+    strip.view(-1)[strip.numel() // 2 : strip.numel() // 2 + 1000] = 0  # a stretch of ink in the middle
+    try:
+        assert digit_to_mnist(strip).shape == (28, 28)
+    except UserError as error:
+        assert str(error).startswith("no digit found")
