@@ -81,6 +81,8 @@ def _gray(image) -> torch.Tensor:
     paper = Image.new("RGBA", image.size, "white")
     gray = Image.alpha_composite(paper, image.convert("RGBA")).convert("L")
     return torch.frombuffer(bytearray(gray.tobytes()), dtype=torch.uint8).view(gray.height, gray.width).float() / 255
+
+
 def _otsu_threshold(x: torch.Tensor) -> float:
     """The grey level that best separates ink from background (Otsu, 1979), on a 256-bin histogram."""
     histogram = torch.histc(x, bins=256, min=0, max=1).double()
