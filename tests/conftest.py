@@ -13,9 +13,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import QUICK_RECIPE, ROOT, run_script
+import torch
+from helpers import QUICK_RECIPE, ROOT, TEST_IMAGES, run_script
 
 sys.path.insert(0, str(ROOT))
+import data  # noqa: E402 (found on the path set above)
 
 # The fixtures that train a model or start a process. A test that uses one, directly or through another fixture, is
 # marked slow; a test that starts a process itself asks for `slow`.
@@ -46,7 +48,7 @@ def fast_tests_start_no_process(request, monkeypatch):
 
 
 @pytest.fixture(scope="session")
-def mnist_dir() -> Path:
+def real_mnist() -> Path:
     """Real MNIST where train.py looks: $MNIST_DATA_DIR, else ./data in the repository.
 
     In CI its absence is a failure, not a skip, so the end-to-end tests always run there.
@@ -59,6 +61,23 @@ def mnist_dir() -> Path:
     if os.environ.get("CI"):
         pytest.fail(message)
     pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def mnist_dir(real_mnist, tmp_path_factory) -> Path:
+    """Real MNIST with its test split cut to the first TEST_IMAGES, for every test that does not read the files
+    themselves: each pass over the whole test split costs a CPU without bf16 over two minutes, and a run of the suite
+    makes a dozen (test.py, train.py --test-each-epoch, predict.py --errors, seeds.py)."""
+    raw = tmp_path_factory.mktemp("mnist") / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in data.IDX_FILES[True]:
+        (raw / name).symlink_to(real_mnist / "MNIST" / "raw" / name)
+    images, labels = data.load_split(real_mnist, train=False)
+    for name, kind, tensor in zip(data.IDX_FILES[False], ("images", "labels"), (images, labels)):
+        kept = tensor[:TEST_IMAGES].to(torch.uint8)
+        header = b"".join(n.to_bytes(4, "big") for n in (data.IDX_MAGIC[kind], *kept.shape))  # IDX, as MNIST's own
+        (raw / name).write_bytes(header + kept.numpy().tobytes())
+    return raw.parent.parent
 
 
 @pytest.fixture(scope="session")

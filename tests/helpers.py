@@ -12,6 +12,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"  # how every PNG file starts
+TEST_IMAGES = 2000  # the test split the tests' `mnist_dir` holds: its first 2,000 images (tests/conftest.py)
 
 # A recipe that learns in a minute or two on 2 CPU cores: ~90% validation accuracy after 2 epochs of 2,000 images.
 # Its 64 steps take the default --lr 0.1, which diverged in fp32 before short runs warmed up more slowly.

@@ -20,11 +20,11 @@ def test_resize_gives_32x32_in_unit_range():
     assert torch.allclose(flat, torch.ones_like(flat))
 
 
-def test_normalisation_constants_are_the_training_set_statistics(mnist_dir):
-    raw, _ = data.load_split(mnist_dir, train=True)
+def test_normalisation_constants_are_the_training_set_statistics(real_mnist):
+    raw, _ = data.load_split(real_mnist, train=True)
     pixels = raw.float() / 255
     assert abs(pixels.mean().item() - data.MEAN) < 1e-4 and abs(pixels.std().item() - data.STD) < 1e-4
-    (images, labels), _ = data.load_train_val(mnist_dir, 0, None, torch.device("cpu"))
+    (images, labels), _ = data.load_train_val(real_mnist, 0, None, torch.device("cpu"))
     assert images.shape == (60000, 1, 32, 32)
     assert torch.bincount(labels).tolist() == [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
     x = data.normalize(images)
@@ -68,8 +68,8 @@ def test_order_depends_on_seed_and_epoch_only_and_start_step_skips():
     assert order(seed=0, epoch=1, start_step=2) == order(seed=0, epoch=1)[100:]
 
 
-def test_augmentation_keeps_shape_labels_and_background_but_moves_ink(mnist_dir):
-    (images, labels), _ = data.load_train_val(mnist_dir, 0, 256, torch.device("cpu"))
+def test_augmentation_keeps_shape_labels_and_background_but_moves_ink(real_mnist):
+    (images, labels), _ = data.load_train_val(real_mnist, 0, 256, torch.device("cpu"))
     ((plain, plain_y),) = list(data.batches(images, labels, 256))
     ((augmented, augmented_y),) = list(data.batches(images, labels, 256, augment=True))
     assert augmented.shape == plain.shape and torch.equal(augmented_y, plain_y)
@@ -100,8 +100,8 @@ def test_offline_without_data_names_the_folder_and_the_fix(tmp_path, monkeypatch
     assert list(tmp_path.iterdir()) == []  # the folders the failed download made are gone: a typo leaves no trace
 
 
-def test_photometric_augmentation_varies_ink_on_about_half_the_images_each_way_and_resumes_exactly(mnist_dir):
-    images, labels = data.load_test(mnist_dir, torch.device("cpu"))
+def test_photometric_augmentation_varies_ink_on_about_half_the_images_each_way_and_resumes_exactly(real_mnist):
+    images, labels = data.load_test(real_mnist, torch.device("cpu"))
     images, labels = images[:2048], labels[:2048]
     varied = data.vary_ink(images, torch.Generator().manual_seed(0))
     assert varied.shape == images.shape and 0 <= varied.min() and varied.max() <= 1
@@ -144,12 +144,12 @@ NEEDS = {  # what reads which files: test.py and predict.py, train.py, test.py -
 }
 
 
-def data_folder(root, mnist_dir, files: dict[str, str]):
+def data_folder(root, real_mnist, files: dict[str, str]):
     """root/MNIST/raw holding {name: the real file it links to}."""
     raw = root / "MNIST" / "raw"
     raw.mkdir(parents=True)
     for name, real in files.items():
-        (raw / name).symlink_to(mnist_dir / "MNIST" / "raw" / real)
+        (raw / name).symlink_to(real_mnist / "MNIST" / "raw" / real)
     return root
 
 
@@ -157,12 +157,12 @@ def data_folder(root, mnist_dir, files: dict[str, str]):
                                                                                for i, n in enumerate(FILES)
                                                                                if mask >> i & 1))
 @pytest.mark.parametrize("need", list(NEEDS))
-def test_each_reader_needs_only_its_files_and_names_the_first_one_missing(tmp_path, mnist_dir, monkeypatch, present,
+def test_each_reader_needs_only_its_files_and_names_the_first_one_missing(tmp_path, real_mnist, monkeypatch, present,
                                                                            need):
     import torchvision
 
     monkeypatch.setattr(torchvision.datasets, "MNIST", lambda *a, **k: pytest.fail("downloaded with files present"))
-    root = data_folder(tmp_path, mnist_dir, {name: name for i, name in enumerate(FILES) if present >> i & 1})
+    root = data_folder(tmp_path, real_mnist, {name: name for i, name in enumerate(FILES) if present >> i & 1})
     arguments, needed = NEEDS[need]
     missing = [name for name in needed if not present >> FILES.index(name) & 1]
     if missing:
@@ -176,28 +176,28 @@ def test_each_reader_needs_only_its_files_and_names_the_first_one_missing(tmp_pa
 
 
 @pytest.fixture(scope="module")
-def gzipped(tmp_path_factory, mnist_dir):
+def gzipped(tmp_path_factory, real_mnist):
     """The test split's two files gzip-compressed, as MNIST's site publishes them."""
     import gzip
 
     folder = tmp_path_factory.mktemp("gz")
     for name in FILES[2:]:
-        (folder / f"{name}.gz").write_bytes(gzip.compress((mnist_dir / "MNIST" / "raw" / name).read_bytes(), 1))
+        (folder / f"{name}.gz").write_bytes(gzip.compress((real_mnist / "MNIST" / "raw" / name).read_bytes(), 1))
     return folder
 
 
 @pytest.mark.parametrize("beside_raw", [False, True], ids=["gz-instead-of-raw", "gz-beside-raw"])
-def test_gzipped_files_are_read_as_they_are_published(tmp_path, mnist_dir, gzipped, beside_raw):
-    root = data_folder(tmp_path, mnist_dir, {name: name for name in FILES[2:]} if beside_raw else {})
+def test_gzipped_files_are_read_as_they_are_published(tmp_path, real_mnist, gzipped, beside_raw):
+    root = data_folder(tmp_path, real_mnist, {name: name for name in FILES[2:]} if beside_raw else {})
     for name in FILES[2:]:
         (root / "MNIST" / "raw" / f"{name}.gz").symlink_to(gzipped / f"{name}.gz")
     images, labels = data.load_split(root, train=False)
-    expected_images, expected_labels = data.load_split(mnist_dir, train=False)
+    expected_images, expected_labels = data.load_split(real_mnist, train=False)
     assert torch.equal(images, expected_images) and torch.equal(labels, expected_labels)
 
 
-def test_a_broken_gz_file_is_named(tmp_path, mnist_dir, gzipped):
-    root = data_folder(tmp_path, mnist_dir, {FILES[3]: FILES[3]})
+def test_a_broken_gz_file_is_named(tmp_path, real_mnist, gzipped):
+    root = data_folder(tmp_path, real_mnist, {FILES[3]: FILES[3]})
     broken = root / "MNIST" / "raw" / f"{FILES[2]}.gz"
     broken.write_bytes((gzipped / f"{FILES[2]}.gz").read_bytes()[:5000])
     with pytest.raises(UserError, match=f"^{broken} cannot be read \\(Compressed file ended"):
@@ -205,9 +205,9 @@ def test_a_broken_gz_file_is_named(tmp_path, mnist_dir, gzipped):
 
 
 @pytest.mark.parametrize("train", [True, False], ids=["test-files-as-training", "training-files-as-test"])
-def test_files_of_the_other_split_are_refused_naming_the_right_one(tmp_path, mnist_dir, train):
+def test_files_of_the_other_split_are_refused_naming_the_right_one(tmp_path, real_mnist, train):
     swapped = dict(zip(FILES, FILES[2:] + FILES[:2]))  # each name holding the other split's file
-    root = data_folder(tmp_path, mnist_dir, swapped)
+    root = data_folder(tmp_path, real_mnist, swapped)
     expected = ("holds 10,000 images, as the test split's file does: the training split's is "
                 "train-images-idx3-ubyte, with 60,000") if train else (
                 "holds 60,000 images, as the training split's file does: the test split's is t10k-images-idx3-ubyte, "
@@ -216,9 +216,9 @@ def test_files_of_the_other_split_are_refused_naming_the_right_one(tmp_path, mni
         data.load_split(root, train=train)
 
 
-def test_a_file_without_read_permission_is_named(tmp_path, mnist_dir, monkeypatch):
+def test_a_file_without_read_permission_is_named(tmp_path, real_mnist, monkeypatch):
     # CI runs as root, whom no file mode stops, so the refusal the system gives anyone else is made here.
-    root = data_folder(tmp_path, mnist_dir, {name: name for name in FILES})
+    root = data_folder(tmp_path, real_mnist, {name: name for name in FILES})
     locked = root / "MNIST" / "raw" / FILES[2]
 
     def refuse(path, *args, **kwargs):

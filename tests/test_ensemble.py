@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from helpers import QUICK_RECIPE, run_script
+from helpers import QUICK_RECIPE, TEST_IMAGES, run_script
 
 import data
 from lib.checkpoints import load_checkpoint, load_model
@@ -86,7 +86,7 @@ def test_test_py_prints_each_member_and_the_ensemble_and_writes_its_own_report(t
         assert f"{100 * member['accuracy']:7.2f}%  {member['loss']:9.4f}" in result.stdout
     assert "weights: an ensemble of 2 models, the mean of their probabilities" in result.stdout
     assert f"test accuracy: {100 * report['accuracy']:.2f}% (" in result.stdout
-    assert report["count"] == 10000 and sum(map(sum, report["confusion_matrix"])) == 10000
+    assert report["count"] == TEST_IMAGES and sum(map(sum, report["confusion_matrix"])) == TEST_IMAGES
 
 
 def test_a_member_of_another_architecture_is_refused_in_one_line_naming_it(trained, second_seed, tmp_path):

@@ -12,7 +12,7 @@ import sys
 
 import pytest
 import torch
-from helpers import ROOT, run_script, tiny_recipe
+from helpers import ROOT, TEST_IMAGES, run_script, tiny_recipe
 
 from benchmarks import seeds
 from benchmarks.seeds import summarise
@@ -138,7 +138,7 @@ def test_one_seed_end_to_end(interrupted_seed):
     assert result.returncode == 0, result.stderr
     run = out / "seed5"
     report = json.loads((run / "test_report.json").read_text())
-    assert report["count"] == 10000 and report["epoch"] == 1
+    assert report["count"] == TEST_IMAGES and report["epoch"] == 1
     test_acc = report["accuracy"]
     summary = (out / "summary.md").read_text()
     assert summary.startswith(f"train.py flags: {' '.join(TINY_RECIPE)}")
