@@ -12,6 +12,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+# matplotlib's first import in a new environment builds its font cache by running fc-list: done here, before the fast
+# tier's tests, which may start no process, first draw a figure.
+import matplotlib.font_manager  # noqa: F401
 import pytest
 import torch
 from helpers import QUICK_RECIPE, ROOT, TEST_IMAGES, run_script
@@ -66,8 +69,8 @@ def real_mnist() -> Path:
 @pytest.fixture(scope="session")
 def mnist_dir(real_mnist, tmp_path_factory) -> Path:
     """Real MNIST with its test split cut to the first TEST_IMAGES, for every test that does not read the files
-    themselves: each pass over the whole test split costs a CPU without bf16 over two minutes, and a run of the suite
-    makes a dozen (test.py, train.py --test-each-epoch, predict.py --errors, seeds.py)."""
+    themselves: on a CPU without bf16, passes over the whole test split (test.py, train.py --test-each-epoch,
+    predict.py --errors, seeds.py; a dozen in the suite) took more of its time than training (BENCHMARKS.md)."""
     raw = tmp_path_factory.mktemp("mnist") / "MNIST" / "raw"
     raw.mkdir(parents=True)
     for name in data.IDX_FILES[True]:

@@ -254,7 +254,7 @@ def tested_beside(trained, mnist_dir, tmp_path_factory):
     """test.py run as a user runs it, with no --out-dir, on a copy of the quick model's best.pt, robustness included;
     in fp32, as train.py's test passes of the quick model were.
 
-    One run serves three tests: each pass over the test images costs a CPU without bf16 half a minute.
+    One run serves three tests: a pass over the test images is the slowest part of each.
     """
     folder = tmp_path_factory.mktemp("tested")
     weights = folder / "best.pt"
