@@ -16,11 +16,9 @@ from pathlib import Path
 # tier's tests, which may start no process, first draw a figure.
 import matplotlib.font_manager  # noqa: F401
 import pytest
-import torch
-from helpers import QUICK_RECIPE, ROOT, TEST_IMAGES, run_script
+from helpers import QUICK_RECIPE, ROOT, run_script, write_quick_mnist
 
 sys.path.insert(0, str(ROOT))
-import data  # noqa: E402 (found on the path set above)
 
 # The fixtures that train a model or start a process. A test that uses one, directly or through another fixture, is
 # marked slow; a test that starts a process itself asks for `slow`.
@@ -68,19 +66,9 @@ def real_mnist() -> Path:
 
 @pytest.fixture(scope="session")
 def mnist_dir(real_mnist, tmp_path_factory) -> Path:
-    """Real MNIST with its test split cut to the first TEST_IMAGES, for every test that does not read the files
-    themselves: on a CPU without bf16, passes over the whole test split (test.py, train.py --test-each-epoch,
-    predict.py --errors, seeds.py; a dozen in the suite) took more of its time than training (BENCHMARKS.md)."""
-    raw = tmp_path_factory.mktemp("mnist") / "MNIST" / "raw"
-    raw.mkdir(parents=True)
-    for name in data.IDX_FILES[True]:
-        (raw / name).symlink_to(real_mnist / "MNIST" / "raw" / name)
-    images, labels = data.load_split(real_mnist, train=False)
-    for name, kind, tensor in zip(data.IDX_FILES[False], ("images", "labels"), (images, labels)):
-        kept = tensor[:TEST_IMAGES].to(torch.uint8)
-        header = b"".join(n.to_bytes(4, "big") for n in (data.IDX_MAGIC[kind], *kept.shape))  # IDX, as MNIST's own
-        (raw / name).write_bytes(header + kept.numpy().tobytes())
-    return raw.parent.parent
+    """Real MNIST with its test split cut to the first TEST_IMAGES (helpers.write_quick_mnist), for every test but
+    those of the data readers themselves."""
+    return write_quick_mnist(real_mnist, tmp_path_factory.mktemp("mnist"))
 
 
 @pytest.fixture(scope="session")

@@ -23,10 +23,10 @@ from lib.files import all_or_none, claim_folder, write_json
 from lib.reports import REPORTS
 from model import ResNet18
 
-# Tiny and deterministic: 16 steps per epoch, a few seconds each on 2 CPU cores. Every random part is on (shuffle,
+# Tiny and deterministic: 8 steps per epoch, a second or two each on 2 CPU cores. Every random part is on (shuffle,
 # geometric and photometric augmentation), so the exact-resume tests cover each one's random numbers.
 TINY = [
-    *tiny_recipe(subset=512, batch_size=32, epochs=2),
+    *tiny_recipe(subset=256, batch_size=32, epochs=2),
     "--lr",
     "0.05",
     "--deterministic",
@@ -36,6 +36,11 @@ TINY = [
 
 def start_training(out_dir, mnist_dir, *extra) -> subprocess.Popen:
     return start_script("train.py", *TINY, "--out-dir", str(out_dir), "--data-dir", str(mnist_dir), *extra)
+
+
+def mid_first_epoch(straight_run) -> float:
+    """Seconds from the start of training to the middle of its first epoch, as the straight run took it here."""
+    return float(next(csv.DictReader(open(straight_run / "metrics.csv")))["seconds"]) / 2
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +76,7 @@ def test_sigkill_after_an_epoch_then_resume_equals_an_uninterrupted_run(straight
 def test_interrupt_mid_epoch_saves_and_resume_equals_an_uninterrupted_run(straight_run, mnist_dir, tmp_path, signum):
     process = start_training(tmp_path, mnist_dir, "--device", "cpu")
     wait_for_line(process, "ResNet-18")  # data loaded, training starts now
-    time.sleep(2.0)
+    time.sleep(mid_first_epoch(straight_run))
     process.send_signal(signum)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 128 + signum, stderr

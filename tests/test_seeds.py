@@ -89,7 +89,7 @@ def test_flags_it_sets_itself_are_refused_after_the_separator(slow):
 
 
 # One seed of a tiny recipe; --no-cuda-graphs is a flag of how to run, which a resumed train.py takes again.
-TINY_RECIPE = [*tiny_recipe(subset=1024, batch_size=32), "--no-cuda-graphs"]
+TINY_RECIPE = [*tiny_recipe(subset=512, batch_size=32), "--no-cuda-graphs"]
 
 
 @pytest.fixture(scope="module")
