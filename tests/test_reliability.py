@@ -26,7 +26,7 @@ from model import ResNet18
 # Tiny and deterministic: 8 steps per epoch, a second or two each on 2 CPU cores. Every random part is on (shuffle,
 # geometric and photometric augmentation), so the exact-resume tests cover each one's random numbers.
 TINY = [
-    *tiny_recipe(subset=256, batch_size=32, epochs=2),
+    *tiny_recipe(subset=256, batch_size=32, epochs=2, val_size=128),
     "--lr",
     "0.05",
     "--deterministic",

@@ -89,7 +89,9 @@ def test_flags_it_sets_itself_are_refused_after_the_separator(slow):
 
 
 # One seed of a tiny recipe; --no-cuda-graphs is a flag of how to run, which a resumed train.py takes again.
-TINY_RECIPE = [*tiny_recipe(subset=512, batch_size=32), "--no-cuda-graphs"]
+SUBSET, BATCH = 512, 32
+STEPS = SUBSET // BATCH
+TINY_RECIPE = [*tiny_recipe(subset=SUBSET, batch_size=BATCH), "--no-cuda-graphs"]
 
 
 @pytest.fixture(scope="module")
@@ -121,12 +123,12 @@ def test_ctrl_c_reaches_train_py_which_saves_before_both_stop_and_the_same_comma
     assert stopped["stderr"].rstrip().endswith(
         "error: train.py for seed 5 was interrupted; run the same command again to go on from there"
     ), stopped["stderr"]
-    assert stopped["last"]["epoch"] == 0 and 1 <= stopped["last"]["step"] < 32, stopped["last"]["step"]  # mid-epoch
+    assert stopped["last"]["epoch"] == 0 and 1 <= stopped["last"]["step"] < STEPS, stopped["last"]["step"]  # mid-epoch
     assert "test_report.json" not in stopped["left"] and "summary.md" not in stopped["left"]
 
     result = interrupted_seed["finished"]
     assert result.returncode == 0, result.stderr
-    assert f"resuming {out / 'seed5' / 'last.pt'} at epoch 1, step {stopped['last']['step']}/32" in result.stdout
+    assert f"resuming {out / 'seed5' / 'last.pt'} at epoch 1, step {stopped['last']['step']}/{STEPS}" in result.stdout
     # A flag of how to run (not part of the recipe in last.pt) is passed again: --resume takes those from the command
     # line.
     assert re.search(r"^=== seed 5: .* --resume .*--no-cuda-graphs$", result.stdout, re.M), result.stdout
@@ -158,7 +160,7 @@ def test_one_seed_end_to_end(interrupted_seed):
     assert (out / "ensembles.json").stat().st_mtime_ns == evaluated_at  # the ensembles' accuracies were kept
 
     # Other train.py flags into the same folder would mix two recipes: refused, and nothing is touched.
-    other = [flag if flag != "1024" else "2048" for flag in command]
+    other = [flag if flag != str(SUBSET) else str(2 * SUBSET) for flag in command]
     refused = run_script("benchmarks/seeds.py", *other)
     assert refused.returncode == 2 and refused.stderr == (
         f"error: {run} holds a run of train.py flags {' '.join(TINY_RECIPE)}; choose another --out-dir or remove "
