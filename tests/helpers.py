@@ -88,6 +88,11 @@ def assert_same_weights(a, b):
         assert torch.equal(a[name], b[name]), f"{name} differs"
 
 
+def first_epoch_seconds(out_dir) -> float:
+    """How long a run's first epoch took here: tests that signal a run mid-epoch wait a share of it."""
+    return float(next(csv.DictReader(open(out_dir / "metrics.csv")))["seconds"])
+
+
 def metric_rows(out_dir) -> list[dict]:
     """metrics.csv without the wall-clock column, which no two runs share."""
     return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(open(out_dir / "metrics.csv"))]

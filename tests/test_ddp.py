@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import signal
@@ -12,7 +11,7 @@ import time
 
 import pytest
 import torch
-from helpers import ROOT, metric_rows, run_script, tiny_recipe, wait_for_line, weights
+from helpers import ROOT, first_epoch_seconds, metric_rows, run_script, tiny_recipe, wait_for_line, weights
 
 RECIPE = [*tiny_recipe(subset=256), "--lr", "0.05", "--device", "cpu"]  # 4 steps of 64, 32 images a rank
 
@@ -69,7 +68,7 @@ def test_a_run_stopped_mid_epoch_under_torchrun_resumes_to_the_figures_and_weigh
     wait_for_line(process, "ResNet-18")
     # Rank 0 prints first; a rank that has not yet taken its Ctrl-C handler would simply quit. A quarter of the
     # straight run's epoch later both are training.
-    time.sleep(float(next(csv.DictReader(open(straight_ddp[0] / "metrics.csv")))["seconds"]) / 4)
+    time.sleep(first_epoch_seconds(straight_ddp[0]) / 4)
     os.killpg(process.pid, signal.SIGINT)
     process.communicate(timeout=120)
     saved = torch.load(tmp_path / "last.pt", weights_only=True)

@@ -14,7 +14,16 @@ import time
 
 import pytest
 import torch
-from helpers import ROOT, assert_same_weights, metric_rows, run_script, start_script, tiny_recipe, wait_for_line
+from helpers import (
+    ROOT,
+    assert_same_weights,
+    first_epoch_seconds,
+    metric_rows,
+    run_script,
+    start_script,
+    tiny_recipe,
+    wait_for_line,
+)
 
 import lib.checkpoints as checkpoints_module
 from lib.checkpoints import load_checkpoint, save_checkpoint
@@ -36,11 +45,6 @@ TINY = [
 
 def start_training(out_dir, mnist_dir, *extra) -> subprocess.Popen:
     return start_script("train.py", *TINY, "--out-dir", str(out_dir), "--data-dir", str(mnist_dir), *extra)
-
-
-def mid_first_epoch(straight_run) -> float:
-    """Seconds from the start of training to the middle of its first epoch, as the straight run took it here."""
-    return float(next(csv.DictReader(open(straight_run / "metrics.csv")))["seconds"]) / 2
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +80,7 @@ def test_sigkill_after_an_epoch_then_resume_equals_an_uninterrupted_run(straight
 def test_interrupt_mid_epoch_saves_and_resume_equals_an_uninterrupted_run(straight_run, mnist_dir, tmp_path, signum):
     process = start_training(tmp_path, mnist_dir, "--device", "cpu")
     wait_for_line(process, "ResNet-18")  # data loaded, training starts now
-    time.sleep(mid_first_epoch(straight_run))
+    time.sleep(first_epoch_seconds(straight_run) / 2)  # mid-way through the first epoch
     process.send_signal(signum)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 128 + signum, stderr
